@@ -1,0 +1,5 @@
+import sys
+
+from migd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""The `migd` command: global options, then one verb.
+
+Verbs live in small modules under ``migd/commands/`` (as mig-parted keeps one package
+per verb): each parses its own flags and calls the library; no decision is made here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from migd import __version__
+from migd.errors import EXIT_FAILED, EXIT_INVALID, MigdError
+from migd.log import setup_logging
+
+# Each module offers ``register(subparsers)``, adding its verbs with a ``handler`` default.
+VERB_MODULES = (
+    "migd.commands.validate",
+    "migd.commands.geometry",
+    "migd.commands.daemon",
+    "migd.commands.sim",
+)
+
+DESCRIPTION = """\
+migd owns the MIG (Multi-Instance GPU) geometry of an NVIDIA GPU node.
+
+It reads a declarative YAML file (mig-parted's format, unchanged), brings every GPU
+to the layout the file selects with explicit placements, never destroys an instance
+that runs a process unless forced, and puts a GPU back as it was when a change fails.
+"""
+
+EPILOG = """\
+examples:
+  migd validate -f /etc/migd/config.yaml          check a config file
+  migd plan -f /etc/migd/config.yaml -c all-balanced
+                                                  show what apply would change
+  migd apply -f /etc/migd/config.yaml             apply the selected config
+  migd run                                        run as the node daemon (systemd)
+  migd sim init /tmp/node.json --gpu H200x8       make a simulated 8xH200 node
+  migd --simulate /tmp/node.json apply -f configs/demo.yaml
+                                                  apply against the simulated node
+
+exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input,
+            3 blocked by running processes, 4 reboot required
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"migd {__version__}")
+    parser.add_argument("-d", "--debug", action="store_true", help="log debug detail")
+    parser.add_argument(
+        "--simulate",
+        metavar="STATE",
+        default=os.environ.get("MIGD_SIMULATE") or None,
+        help="run against the simulated node in STATE instead of the NVIDIA driver "
+        "(also MIGD_SIMULATE); create one with 'migd sim init'",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_INVALID
+    setup_logging(debug=args.debug)
+    if args.simulate and getattr(args, "needs_nvml", False):
+        from migd import sim
+
+        sim.activate(args.simulate)
+    try:
+        return int(args.handler(args))
+    except MigdError as exc:
+        logging.getLogger("migd").error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILED

@@ -1,0 +1,299 @@
+"""Value types shared by the config language, the planner, the adapter and the daemon.
+
+Everything here is a frozen dataclass over plain values: no NVML, no I/O.
+
+Names (DESIGN.md): a *layout* is what one GPU should hold; a *profile* is a
+GPU-instance profile named as the GPU reports it (``1g.18gb``, ``1g.18gb+me``);
+``1c.2g.35gb`` names a compute instance inside a ``2g.35gb`` GPU instance.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------------------
+# Profile names
+# ---------------------------------------------------------------------------
+
+KNOWN_ATTRIBUTES = frozenset({"me", "me.all", "gfx"})
+
+# mig-parted's grammar, plus migd's memory-agnostic form (``3g``, ``1c.3g``, ``1g+me``).
+_PROFILE_RE = re.compile(
+    r"^(?:(?P<c>[1-9][0-9]*)c\.)?"
+    r"(?P<g>[1-9][0-9]*)g"
+    r"(?:\.(?P<gb>[1-9][0-9]*)gb)?"
+    r"(?:(?P<sign>[+-])(?P<attrs>.+))?$"
+)
+_ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+
+
+class ProfileNameError(ValueError):
+    """A string is not a valid MIG profile name; the message says why."""
+
+
+@dataclass(frozen=True, order=True)
+class ProfileName:
+    """A parsed MIG profile name.
+
+    ``ci_slices`` is None when the name denotes a whole GPU instance (``2g.35gb``);
+    ``1c.1g.18gb`` is normalised to ``1g.18gb`` (a CI spanning its whole GI).
+    ``memory_gb`` is None for a memory-agnostic name (``3g``).
+    ``attributes`` are kept sorted; ``negated`` marks the ``-me`` form.
+    """
+
+    gi_slices: int
+    memory_gb: int | None = None
+    ci_slices: int | None = None
+    attributes: tuple[str, ...] = ()
+    negated: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> ProfileName:
+        if not isinstance(text, str):
+            raise ProfileNameError(f"a profile name must be a string, not {type(text).__name__}")
+        if text != text.strip() or any(ch.isspace() for ch in text):
+            raise ProfileNameError(f"profile name {text!r} contains spaces")
+        m = _PROFILE_RE.match(text)
+        if not m:
+            raise ProfileNameError(
+                f"{text!r} is not a MIG profile name; expected [<C>c.]<G>g.<GB>gb[+attr], "
+                "e.g. 1g.18gb, 1g.18gb+me, 1c.2g.35gb, or a memory-agnostic 3g"
+            )
+        gi = int(m["g"])
+        ci = int(m["c"]) if m["c"] else None
+        if ci is not None and ci > gi:
+            raise ProfileNameError(
+                f"{text!r}: a {ci}-slice compute instance cannot fit a {gi}-slice GPU instance"
+            )
+        if ci == gi:
+            ci = None
+        attrs: tuple[str, ...] = ()
+        if m["attrs"] is not None:
+            raw = m["attrs"]
+            if "+" in raw or "-" in raw:
+                raise ProfileNameError(f"{text!r}: use either '+' or '-' once, not both")
+            parts = raw.split(",")
+            for part in parts:
+                if not part:
+                    raise ProfileNameError(f"{text!r}: empty attribute")
+                if not _ATTR_RE.match(part) or part.endswith("."):
+                    raise ProfileNameError(
+                        f"{text!r}: attribute {part!r} must be alphanumeric or '.', "
+                        "start with a letter and not end with '.'"
+                    )
+            if len(set(parts)) != len(parts):
+                raise ProfileNameError(f"{text!r}: repeated attribute")
+            unknown = [p for p in parts if p not in KNOWN_ATTRIBUTES]
+            if unknown:
+                known = ", ".join(sorted(KNOWN_ATTRIBUTES))
+                raise ProfileNameError(
+                    f"{text!r}: unknown attribute {unknown[0]!r} (known: {known})"
+                )
+            attrs = tuple(sorted(parts))
+        return cls(
+            gi_slices=gi,
+            memory_gb=int(m["gb"]) if m["gb"] else None,
+            ci_slices=ci,
+            attributes=attrs,
+            negated=m["sign"] == "-",
+        )
+
+    @property
+    def gi_name(self) -> ProfileName:
+        """The GPU-instance part of this name (``1c.2g.35gb`` → ``2g.35gb``)."""
+        return ProfileName(self.gi_slices, self.memory_gb, None, self.attributes, self.negated)
+
+    @property
+    def memory_agnostic(self) -> bool:
+        return self.memory_gb is None
+
+    def __str__(self) -> str:
+        text = f"{self.gi_slices}g"
+        if self.memory_gb is not None:
+            text += f".{self.memory_gb}gb"
+        if self.attributes:
+            text += ("-" if self.negated else "+") + ",".join(self.attributes)
+        if self.ci_slices is not None:
+            text = f"{self.ci_slices}c.{text}"
+        return text
+
+
+def canonical_profile(text: str) -> str:
+    """The canonical spelling of a profile name: ``1c.1g.18gb`` → ``1g.18gb``."""
+    return str(ProfileName.parse(text))
+
+
+# ---------------------------------------------------------------------------
+# What a GPU offers (its profile table)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Placement:
+    """A span ``[start, start+size)`` on a GPU's memory-slice axis (or a GI's compute axis)."""
+
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    def overlaps(self, other: Placement) -> bool:
+        return self.start < other.end and other.start < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.size}"
+
+
+@dataclass(frozen=True)
+class CiProfile:
+    """A compute-instance profile offered inside one GPU-instance profile.
+
+    ``name`` is canonical (``1c.2g.35gb``, or the GI's name for a CI spanning it).
+    """
+
+    index: int
+    id: int
+    name: str
+    slice_count: int
+    instance_count: int
+    multiprocessor_count: int
+    placements: tuple[Placement, ...]
+
+
+@dataclass(frozen=True)
+class GiProfile:
+    """A GPU-instance profile as this GPU reports it.
+
+    ``index`` is the NVML_GPU_INSTANCE_PROFILE_* constant; ``id`` is ``info.id``,
+    the value every other NVML call takes. ``name`` is the short name the GPU
+    reports (``1g.18gb+me``), without the ``MIG `` prefix.
+    """
+
+    index: int
+    id: int
+    name: str
+    slice_count: int
+    instance_count: int
+    memory_mb: int
+    multiprocessor_count: int
+    placements: tuple[Placement, ...]
+    ci_profiles: tuple[CiProfile, ...] = ()
+
+    @property
+    def parsed(self) -> ProfileName:
+        return ProfileName.parse(self.name)
+
+    @property
+    def exclusive_media(self) -> bool:
+        """True for ``+me`` profiles: at most one such instance per GPU."""
+        return "me" in self.parsed.attributes and not self.parsed.negated
+
+    def full_ci(self) -> CiProfile | None:
+        """The compute-instance profile that spans this whole GI (the one ``-C`` creates)."""
+        for ci in self.ci_profiles:
+            if ci.name == self.name:
+                return ci
+        return None
+
+
+# ---------------------------------------------------------------------------
+# What a GPU holds (observed state)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeInstance:
+    id: int
+    profile_id: int
+    placement: Placement
+    pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    """An existing GI with its CIs. ``pids`` holds every process running inside it."""
+
+    id: int
+    profile_id: int
+    placement: Placement
+    compute_instances: tuple[ComputeInstance, ...] = ()
+    pids: tuple[int, ...] = ()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pids) or any(ci.pids for ci in self.compute_instances)
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as read from NVML at one moment."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_device_id: int  # (device << 16) | vendor, e.g. 0x233510DE
+    pci_subsystem_id: int
+    bus_id: str
+    memory_total_bytes: int
+    mig_capable: bool
+    mig_enabled: bool  # current mode
+    mig_pending: bool  # pending mode (differs from current until a reset on Ampere)
+    profiles: tuple[GiProfile, ...] = ()
+    instances: tuple[GpuInstance, ...] = ()
+    slot_count: int = 8  # units of the placement axis (8, 4 on A30, 12 on RTX PRO 6000)
+
+    @property
+    def device_filter(self) -> str:
+        return f"0x{self.pci_device_id:08X}"
+
+    @property
+    def mode_change_pending(self) -> bool:
+        return self.mig_enabled != self.mig_pending
+
+    def profile_by_id(self, profile_id: int) -> GiProfile | None:
+        for p in self.profiles:
+            if p.id == profile_id:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    gpus: tuple[GpuState, ...]
+    driver_version: str = ""
+    nvml_version: str = ""
+
+    def gpu(self, index: int) -> GpuState:
+        for g in self.gpus:
+            if g.index == index:
+                return g
+        raise KeyError(index)
+
+
+# ---------------------------------------------------------------------------
+# What a GPU should hold (desired layout, resolved against its own table)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class GiSpec:
+    """One wanted GPU instance: its GI profile id and the CI profile ids inside it (sorted)."""
+
+    profile_id: int
+    ci_profile_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DesiredGpu:
+    """The resolved layout for one GPU. ``instances`` is sorted, so equal layouts compare equal.
+
+    ``source`` holds the config's profile counts as written (for messages and metrics).
+    """
+
+    index: int
+    mig_enabled: bool
+    instances: tuple[GiSpec, ...] = ()
+    source: tuple[tuple[str, int], ...] = field(default=(), compare=False)
