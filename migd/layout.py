@@ -18,11 +18,17 @@ from dataclasses import dataclass, field
 
 KNOWN_ATTRIBUTES = frozenset({"me", "me.all", "gfx"})
 
+# NVML names GPU- and compute-instance profiles of these slice counts only
+# (NVML_GPU_INSTANCE_PROFILE_{1,2,3,4,6,7,8}_SLICE); a name with any other count can
+# never match a GPU, so it is a typo to report, not a profile to look for.
+SLICE_COUNTS = frozenset({1, 2, 3, 4, 6, 7, 8})
+
 # mig-parted's grammar, plus migd's memory-agnostic form (``3g``, ``1c.3g``, ``1g+me``).
+# Digit runs are bounded so that int() never meets a number too long to convert.
 _PROFILE_RE = re.compile(
-    r"^(?:(?P<c>[1-9][0-9]*)c\.)?"
-    r"(?P<g>[1-9][0-9]*)g"
-    r"(?:\.(?P<gb>[1-9][0-9]*)gb)?"
+    r"^(?:(?P<c>[1-9][0-9]{0,2})c\.)?"
+    r"(?P<g>[1-9][0-9]{0,2})g"
+    r"(?:\.(?P<gb>[1-9][0-9]{0,5})gb)?"
     r"(?:(?P<sign>[+-])(?P<attrs>.+))?$"
 )
 _ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
@@ -62,6 +68,12 @@ class ProfileName:
             )
         gi = int(m["g"])
         ci = int(m["c"]) if m["c"] else None
+        for slices in (gi, ci):
+            if slices is not None and slices not in SLICE_COUNTS:
+                counts = ", ".join(str(n) for n in sorted(SLICE_COUNTS))
+                raise ProfileNameError(
+                    f"{text!r}: no MIG profile has {slices} slices (NVML knows {counts})"
+                )
         if ci is not None and ci > gi:
             raise ProfileNameError(
                 f"{text!r}: a {ci}-slice compute instance cannot fit a {gi}-slice GPU instance"
@@ -192,11 +204,17 @@ class GiProfile:
         return "me" in self.parsed.attributes and not self.parsed.negated
 
     def full_ci(self) -> CiProfile | None:
-        """The compute-instance profile that spans this whole GI (the one ``-C`` creates)."""
-        for ci in self.ci_profiles:
-            if ci.name == self.name:
+        """The compute-instance profile that spans this whole GI (the one ``-C`` creates).
+
+        Several CI profiles can carry the GI's name: the Hopper double-memory 1g GI
+        offers a plain 1c (16 SMs) besides its own full CI (26 SMs), both named
+        ``1g.35gb``. The full one reports the GI's own SM count.
+        """
+        named = [ci for ci in self.ci_profiles if ci.name == self.name]
+        for ci in named:
+            if ci.multiprocessor_count == self.multiprocessor_count:
                 return ci
-        return None
+        return named[0] if named else None
 
 
 # ---------------------------------------------------------------------------

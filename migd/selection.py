@@ -1,0 +1,364 @@
+"""Which layout each GPU gets from the selected config, resolved against that GPU's own table.
+
+Pure: works on a :class:`NodeSnapshot` and the selected config's entries.
+
+Selection follows mig-parted: every entry that matches a GPU (``devices`` and
+``device-filter``) applies to it and later entries win; a GPU without MIG is skipped
+for ``devices: all`` or ``mig-enabled: false`` and is an error for an enabled entry
+that lists it by index; a GPU no entry covers gets no layout and is left alone.
+
+Resolution is against the profile table the GPU itself reports, so one config works
+across SKUs and driver versions (mig-parted issues #31, #157, #227):
+
+- exact names as the GPU reports them, compared canonically (``1c.1g.18gb`` is
+  ``1g.18gb``); zero counts are ignored;
+- memory-agnostic names (``3g``, ``1g+me``, ``1c.3g``) mean this GPU's standard
+  profile of that size: the one at the base NVML_GPU_INSTANCE_PROFILE_* index for the
+  slice count and attributes (``1g`` is 1_SLICE, never the double-memory 1_SLICE_REV2);
+- ``<c>c.<g>g.<GB>gb`` names ask for compute instances inside GIs of that profile:
+  per GI profile they are packed into as few GIs as the CI placements allow; a whole-GI
+  name gets one GI holding its full CI.
+
+Every problem of every GPU is collected and raised together as one
+:class:`SelectionError` (an :class:`InvalidRequest`) before anything is touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+from migd.errors import InvalidRequest
+from migd.layout import (
+    CiProfile,
+    DesiredGpu,
+    GiProfile,
+    GiSpec,
+    GpuState,
+    NodeSnapshot,
+    ProfileName,
+    ProfileNameError,
+)
+from migd.planner import (
+    describe,
+    format_counts,
+    layout_counts,
+    layout_problem,
+    name_order,
+    parsed_name,
+    place_cis,
+)
+
+__all__ = [
+    "ConfigEntryLike",
+    "ResolvedProfile",
+    "SelectionError",
+    "describe",
+    "desired_layouts",
+    "resolve_profile",
+    "valid_profiles",
+]
+
+
+class ConfigEntryLike(Protocol):
+    """What selection needs of one entry of the selected config (``migd.config.ConfigEntry``)."""
+
+    @property
+    def devices(self) -> str | tuple[int, ...]: ...  # "all" or NVML indices
+
+    @property
+    def mig_enabled(self) -> bool: ...
+
+    @property
+    def mig_devices(self) -> tuple[tuple[str, int], ...]: ...  # profile as written -> count
+
+    @property
+    def path(self) -> str: ...  # key path for messages: mig-configs.all-balanced[1]
+
+    @property
+    def line(self) -> int: ...
+
+    def matches(self, index: int, pci_device_id: int, pci_subsystem_id: int) -> bool: ...
+
+
+class SelectionError(InvalidRequest):
+    """The selected config cannot be applied to this node; ``problems`` lists every reason."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# NVML_GPU_INSTANCE_PROFILE_* index of the standard profile per (slices, attributes,
+# negated): what a memory-agnostic name stands for. 1_SLICE_REV2 (9, the 1g with
+# double memory) has no entry on purpose: "1g" is the plain 1-slice profile.
+_STANDARD_GI_INDEX: Mapping[tuple[int, tuple[str, ...], bool], int] = MappingProxyType(
+    {
+        (1, (), False): 0,
+        (2, (), False): 1,
+        (3, (), False): 2,
+        (4, (), False): 3,
+        (7, (), False): 4,
+        (8, (), False): 5,
+        (6, (), False): 6,
+        (1, ("me",), False): 7,
+        (2, ("me",), False): 8,
+        (1, ("gfx",), False): 10,
+        (2, ("gfx",), False): 11,
+        (4, ("gfx",), False): 12,
+        (3, ("gfx",), False): 17,
+        (1, ("me",), True): 13,
+        (2, ("me",), True): 14,
+        (1, ("me.all",), False): 15,
+        (2, ("me.all",), False): 16,
+    }
+)
+
+# NVML_COMPUTE_INSTANCE_PROFILE_* index per CI slice count: the plain CI of that size
+# when a GI offers more than one (1_SLICE_REV1 and 7_SLICE_NVL are the odd ones out).
+_STANDARD_CI_INDEX: Mapping[int, int] = MappingProxyType({1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6})
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile name resolved on one GPU: the GI it asks for and the CI inside it.
+
+    ``whole_gi`` is True for a GI name (one GI holding ``ci``, its full CI) and False
+    for a ``1c.2g.35gb`` name (one CI ``ci`` inside a GI of profile ``gi``).
+    """
+
+    name: str
+    gi: GiProfile
+    ci: CiProfile
+    whole_gi: bool
+
+
+def gpu_label(gpu: GpuState) -> str:
+    """How messages name a GPU: ``GPU 0 (NVIDIA H200)``."""
+    return f"GPU {gpu.index} ({gpu.name})"
+
+
+def valid_profiles(gpu: GpuState) -> tuple[str, ...]:
+    """Every profile name ``gpu`` accepts: its GI names, then the CI forms its GIs offer."""
+    gis = {p.name for p in gpu.profiles}
+    cis = {ci.name for p in gpu.profiles for ci in p.ci_profiles if ci.slice_count < p.slice_count}
+    return (*sorted(gis, key=name_order), *sorted(cis, key=name_order))
+
+
+def _unknown(gpu: GpuState, why: str) -> InvalidRequest:
+    """A name this GPU cannot honour: says why and lists what it does offer."""
+    choices = ", ".join(valid_profiles(gpu)) or "none (the GPU reports no MIG profiles)"
+    return InvalidRequest(f"{gpu_label(gpu)}: {why}; valid here: {choices}")
+
+
+def _resolve_gi(gpu: GpuState, wanted: ProfileName, name: str) -> GiProfile:
+    """The GI profile ``wanted`` (a GI name, possibly memory-agnostic) stands for on ``gpu``."""
+    if not wanted.memory_agnostic:
+        for profile in gpu.profiles:
+            if parsed_name(profile) == wanted:
+                return profile
+        raise _unknown(gpu, f"unknown profile {name!r}")
+    same_size = [
+        p
+        for p in gpu.profiles
+        if (parsed := parsed_name(p)) is not None
+        and (parsed.gi_slices, parsed.attributes, parsed.negated)
+        == (wanted.gi_slices, wanted.attributes, wanted.negated)
+    ]
+    base = _STANDARD_GI_INDEX.get((wanted.gi_slices, wanted.attributes, wanted.negated))
+    for profile in same_size:
+        if profile.index == base:
+            return profile
+    if same_size:
+        names = ", ".join(sorted(p.name for p in same_size))
+        raise InvalidRequest(
+            f"{gpu_label(gpu)}: {name!r} cannot be resolved unambiguously: the GPU has no "
+            f"standard {wanted.gi_name} profile, only {names}; name one of them"
+        )
+    raise _unknown(gpu, f"unknown profile {name!r}")
+
+
+def resolve_profile(gpu: GpuState, name: str) -> ResolvedProfile:
+    """Resolve one profile name of a config against ``gpu``'s own table.
+
+    Raises InvalidRequest naming the GPU, the profile and the valid choices.
+    """
+    try:
+        parsed = ProfileName.parse(name)
+    except ProfileNameError as exc:
+        raise _unknown(gpu, str(exc)) from None
+    gi = _resolve_gi(gpu, parsed.gi_name, name)
+    if parsed.ci_slices is None:
+        full = gi.full_ci()
+        if full is None:
+            raise InvalidRequest(
+                f"{gpu_label(gpu)}: {gi.name} reports no compute-instance profile spanning it"
+            )
+        return ResolvedProfile(name, gi, full, whole_gi=True)
+    sized = [ci for ci in gi.ci_profiles if ci.slice_count == parsed.ci_slices]
+    standard = [ci for ci in sized if ci.index == _STANDARD_CI_INDEX.get(parsed.ci_slices)]
+    chosen = standard or sized
+    if len(chosen) == 1:
+        return ResolvedProfile(name, gi, chosen[0], whole_gi=False)
+    if not chosen:
+        raise _unknown(
+            gpu, f"{gi.name} offers no {parsed.ci_slices}-slice compute instance ({name!r})"
+        )
+    raise InvalidRequest(
+        f"{gpu_label(gpu)}: {name!r} cannot be resolved unambiguously: {gi.name} offers "
+        f"{len(chosen)} {parsed.ci_slices}-slice compute-instance profiles "
+        f"(ids {', '.join(str(ci.id) for ci in chosen)})"
+    )
+
+
+def _pack(gi: GiProfile, wanted: Counter[int]) -> list[tuple[int, ...]] | None:
+    """Group the CIs ``wanted`` (CI profile id → count) into as few GIs of ``gi`` as fit.
+
+    Exact: a GI's possible contents are the sub-multisets whose CIs can all be placed
+    in one GI; a memoised search covers ``wanted`` with the fewest of them. Denser GIs
+    are tried first, so equal answers always come out the same. None when some CI
+    fits no GI at all.
+    """
+    offered = {ci.id: ci for ci in gi.ci_profiles}  # every wanted id was resolved from it
+    kinds = sorted(wanted, key=lambda cid: (-offered[cid].slice_count, cid))
+    caps = tuple(wanted[k] for k in kinds)
+    slices = tuple(offered[k].slice_count for k in kinds)
+
+    def ids(vec: Sequence[int]) -> list[int]:
+        return [k for k, n in zip(kinds, vec, strict=True) for _ in range(n)]
+
+    contents = [
+        vec
+        for vec in itertools.product(*(range(c + 1) for c in caps))
+        if any(vec) and place_cis(gi, ids(vec)) is not None
+    ]
+    contents.sort(
+        key=lambda v: (-sum(s * n for s, n in zip(slices, v, strict=True)), tuple(-n for n in v))
+    )
+    memo: dict[tuple[int, ...], tuple[tuple[int, ...], ...] | None] = {}
+
+    def cover(rest: tuple[int, ...]) -> tuple[tuple[int, ...], ...] | None:
+        if not any(rest):
+            return ()
+        if rest in memo:
+            return memo[rest]
+        # The first CI still to place goes into some GI: trying only the contents that
+        # hold it removes the orderings of the same GIs from the search.
+        first = next(i for i, n in enumerate(rest) if n)
+        best: tuple[tuple[int, ...], ...] | None = None
+        for vec in contents:
+            if not vec[first] or any(v > r for v, r in zip(vec, rest, strict=True)):
+                continue
+            tail = cover(tuple(r - v for r, v in zip(rest, vec, strict=True)))
+            if tail is not None and (best is None or len(tail) + 1 < len(best)):
+                best = (vec, *tail)
+        memo[rest] = best
+        return best
+
+    found = cover(caps)
+    if found is None:
+        return None
+    return [tuple(sorted(ids(vec))) for vec in found]
+
+
+def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, list[str]]:
+    """The DesiredGpu ``entry`` asks of ``gpu``, or the problems that prevent it."""
+    where = f"{entry.path} (line {entry.line})"
+    if not entry.mig_enabled:
+        return DesiredGpu(gpu.index, False, (), tuple(entry.mig_devices)), []
+    problems: list[str] = []
+    whole: list[GiSpec] = []
+    partial: dict[int, Counter[int]] = {}
+    profiles: dict[int, GiProfile] = {}
+    for name, count in entry.mig_devices:
+        if count == 0:
+            continue  # mig-parted recreates these on every apply; migd ignores them
+        if count < 0:
+            problems.append(f"{where}: {gpu_label(gpu)}: {name}: count {count} is negative")
+            continue
+        try:
+            resolved = resolve_profile(gpu, name)
+        except InvalidRequest as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        gi = resolved.gi
+        profiles[gi.id] = gi
+        # Bound the counts before building lists from them: a GI profile holds at most
+        # instance_count GIs and a GI at most one CI per compute slice.
+        if resolved.whole_gi:
+            if count > gi.instance_count:
+                problems.append(
+                    f"{where}: {gpu_label(gpu)}: {name}: {count} wanted, "
+                    f"at most {gi.instance_count} {gi.name} fit"
+                )
+                continue
+            whole.extend([GiSpec(gi.id, (resolved.ci.id,))] * count)
+        else:
+            partial.setdefault(gi.id, Counter())[resolved.ci.id] += count
+    for gi_id, cis in sorted(partial.items()):
+        gi = profiles[gi_id]
+        limit = gi.instance_count * gi.slice_count
+        if sum(cis.values()) > limit:
+            problems.append(
+                f"{where}: {gpu_label(gpu)}: {sum(cis.values())} compute instances in "
+                f"{gi.name} GIs wanted, at most {limit} fit"
+            )
+            continue
+        packed = _pack(gi, cis)
+        if packed is None:
+            problems.append(
+                f"{where}: {gpu_label(gpu)}: the compute instances asked in {gi.name} "
+                "do not fit its compute-instance placements"
+            )
+            continue
+        whole.extend(GiSpec(gi_id, ci_ids) for ci_ids in packed)
+    if problems:
+        return None, problems
+    specs = tuple(sorted(whole))
+    problem = layout_problem(gpu, specs)
+    if problem is not None:
+        text = format_counts(layout_counts(gpu, specs))
+        return None, [f"{where}: {gpu_label(gpu)}: {text} cannot be placed: {problem}"]
+    return DesiredGpu(gpu.index, True, specs, tuple(entry.mig_devices)), []
+
+
+def desired_layouts(
+    snapshot: NodeSnapshot, entries: Sequence[ConfigEntryLike]
+) -> tuple[DesiredGpu, ...]:
+    """The layout of every GPU the selected config covers, by GPU index.
+
+    GPUs no entry covers, and GPUs without MIG that are skipped, get no DesiredGpu.
+    Raises SelectionError (an InvalidRequest) listing every problem found.
+    """
+    problems: list[str] = []
+    chosen: dict[int, ConfigEntryLike] = {}
+    gpus = sorted(snapshot.gpus, key=lambda g: g.index)
+    for entry in entries:
+        for gpu in gpus:
+            if not entry.matches(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
+                continue
+            if not gpu.mig_capable:
+                # mig-parted: skipped for 'devices: all' or MIG off, an error when MIG is
+                # asked of this GPU by its index.
+                if entry.mig_enabled and entry.devices != "all":
+                    problems.append(
+                        f"{entry.path} (line {entry.line}): {gpu_label(gpu)} is not "
+                        "MIG-capable but the entry enables MIG on it by index"
+                    )
+                continue
+            chosen[gpu.index] = entry
+    layouts = []
+    for gpu in gpus:
+        if gpu.index not in chosen:
+            continue
+        desired, found = _layout(gpu, chosen[gpu.index])
+        problems.extend(found)
+        if desired is not None:
+            layouts.append(desired)
+    if problems:
+        raise SelectionError(problems)
+    return tuple(layouts)
