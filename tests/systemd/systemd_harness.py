@@ -1,0 +1,214 @@
+"""A real systemd for tests: systemd 252 as PID 1 of a new PID and mount namespace.
+
+Booting systemd is dangerous on a shared machine: its boot runs
+``systemd-tmpfiles --boot`` (Debian's tmp.conf empties /tmp), starts every unit the
+machine has enabled, and writes under /etc, /var and /run. So before systemd starts,
+the boot script gives the namespace private scratch filesystems:
+
+- a private copy of /etc (``/etc/migd`` that ``ConfigurationDirectory=`` creates, the
+  machine-id, anything a unit writes there stays in the namespace);
+- tmpfs on /tmp, /var/tmp, /run, /var/lib, /var/log, /var/cache and
+  /etc/systemd/system (where the test's own units are then written);
+- tmpfs on every ``*.wants`` directory of /lib/systemd/system, so nothing is pulled
+  in that would act on the machine (sysctl, udev triggers, module loading);
+
+and it boots a target of the test's own (``migd-test.target``, which always pulls in
+journald first, so PID 1 and every unit log to a journal inside the namespace). PID 1's
+console is /dev/null, and journald does not read the machine's kernel log. The
+namespace also has its own UTS, IPC and network namespaces, so hostname and loopback
+setup touch nothing outside. Paths the test needs that would be hidden by those mounts (a
+checkout below /tmp, say) are bound back in from a view of the old root.
+
+The harness talks to that systemd with ``nsenter -t PID -m -p systemctl …`` and ends
+it with SIGKILL to its PID, which ends everything in the namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+SYSTEMD = "/lib/systemd/systemd"
+TARGET = "migd-test.target"
+# Mounted over before systemd starts (see the module docstring).
+HIDDEN = ("/tmp", "/var/tmp", "/run", "/var/lib", "/var/log", "/var/cache", "/etc/systemd/system")
+# Where the boot script keeps its view of the old root; must exist and not be needed.
+HOLD = "/mnt"
+# Units masked in the namespace: they would act on the machine's kernel or devices.
+MASKED = ("systemd-remount-fs.service", "systemd-journald-audit.socket")
+
+
+def unavailable() -> str | None:
+    """Why a real systemd cannot be booted here, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root (a PID and mount namespace, and systemd as its PID 1)"
+    for tool in (SYSTEMD, shutil.which("unshare"), shutil.which("nsenter")):
+        if not tool or not os.path.exists(tool):
+            return "needs systemd, unshare and nsenter (Debian packages systemd, util-linux)"
+    if not os.path.isdir(HOLD):
+        return f"needs the directory {HOLD}"
+    probe = subprocess.run(
+        ["unshare", "--fork", "--pid", "--mount", "--mount-proc", "--propagation", "private",
+         "--uts", "--ipc", "--net", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        return f"namespaces are not permitted here: {probe.stderr.strip()}"
+    return None
+
+
+def _below(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def boot_script(units: Path, keep: Iterable[str]) -> str:
+    """The script that prepares the namespace and execs systemd (run by unshare)."""
+    keep = sorted({os.path.realpath(p) for p in keep})
+    lines = [
+        "#!/bin/sh",
+        "set -eu",
+        "# A view of the old root, to copy /etc from and to bind needed paths back.",
+        f"mount -t tmpfs -o mode=0755 migd-test {HOLD}",
+        f"mkdir {HOLD}/old {HOLD}/etc",
+        f"mount --rbind / {HOLD}/old",
+        f"cp -a /etc/. {HOLD}/etc/",
+        f"mount --bind {HOLD}/etc /etc",
+    ]
+    lines += [f"mount -t tmpfs tmpfs {d}" for d in HIDDEN]
+    lines.append('for d in /lib/systemd/system/*.wants; do mount -t tmpfs tmpfs "$d"; done')
+    for path in keep:
+        if any(_below(path, d) for d in HIDDEN):
+            q = shlex.quote(path)
+            lines.append(f"mkdir -p {q} && mount --bind {shlex.quote(HOLD + '/old' + path)} {q}")
+    lines += [
+        f"cp -a {shlex.quote(HOLD + '/old' + str(units))}/. /etc/systemd/system/",
+        "# PID 1 writes nothing on the machine's console (not a tty: its output is dropped",
+        "# until journald runs), and journald does not read the machine's kernel log.",
+        "mount --bind /dev/null /dev/console",
+        "mkdir -p /etc/systemd/journald.conf.d",
+        "printf '[Journal]\\nReadKMsg=no\\n' > /etc/systemd/journald.conf.d/migd-test.conf",
+        "# Never boot on the machine's own scratch directories.",
+        *(f"mountpoint -q {d}" for d in HIDDEN),
+        f"exec {SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Systemd:
+    """One booted systemd; ``units`` (file name → text) are installed before it boots."""
+
+    def __init__(self, directory: Path, units: Mapping[str, str], keep: Iterable[str] = ()) -> None:
+        self.directory = directory
+        self.units = directory / "units"
+        self.units.mkdir(parents=True)
+        target = units.get(TARGET) or self._target(units)
+        for name, text in {**units, TARGET: target}.items():
+            path = self.units / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for name in MASKED:
+            (self.units / name).symlink_to("/dev/null")
+        # journald first, whatever the target says: PID 1 logs to the journal from then on.
+        journal = self.units / f"{TARGET}.d" / "journal.conf"
+        journal.parent.mkdir(exist_ok=True)
+        journal.write_text("[Unit]\nWants=systemd-journald.service\n")
+        self.script = directory / "boot.sh"
+        self.script.write_text(boot_script(self.units, [*keep, str(directory)]))
+        self.console = directory / "console.log"
+        self._unshare: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    @staticmethod
+    def _target(units: Mapping[str, str]) -> str:
+        wanted = " ".join(n for n in units if n.endswith((".service", ".socket")) and "/" not in n)
+        return f"[Unit]\nDescription=migd test\nWants=systemd-journald-dev-log.socket {wanted}\n"
+
+    def boot(self, timeout: float = 30.0) -> Systemd:
+        with open(self.console, "wb") as console:
+            self._unshare = subprocess.Popen(
+                ["unshare", "--fork", "--pid", "--mount", "--mount-proc",
+                 "--propagation", "private", "--uts", "--ipc", "--net",
+                 "/bin/sh", str(self.script)],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=console,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while self.pid is None:
+            children = Path(f"/proc/{self._unshare.pid}/task/{self._unshare.pid}/children")
+            try:
+                found = children.read_text().split()
+            except FileNotFoundError:
+                found = []
+            if found:
+                self.pid = int(found[0])
+            elif self._unshare.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the namespace did not start: {self.console.read_text()}")
+            else:
+                time.sleep(0.02)
+        while True:
+            state = self.systemctl("is-system-running").stdout.strip()
+            if state in ("running", "degraded"):
+                return self
+            if self._unshare.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"systemd did not boot (state {state!r}): {self.console.read_text()}"
+                )
+            time.sleep(0.1)
+
+    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A command inside the namespace."""
+        assert self.pid is not None
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "-n", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def systemctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run("systemctl", "--no-pager", *args, timeout=timeout)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.systemctl("show", unit, *(f"--property={p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, *args: str) -> str:
+        return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
+
+    def shutdown(self) -> None:
+        """SIGKILL to the namespace's PID 1 ends every process in it."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self._unshare is not None:
+            try:
+                self._unshare.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._unshare.pid, signal.SIGKILL)
+                self._unshare.wait()
+
+
+def python_paths() -> list[str]:
+    """What the daemon's Python needs to see: the virtualenv, the interpreter, migd's source."""
+    import migd
+
+    return [
+        sys.prefix,
+        sys.base_prefix,
+        str(Path(os.path.realpath(sys.executable)).parent.parent),
+        str(Path(migd.__file__).resolve().parent.parent),
+    ]

@@ -1,0 +1,330 @@
+"""``migd run`` as systemd sees it: a daemon process on a simulated node, a NOTIFY_SOCKET.
+
+Readiness, the reload protocol, the watchdog, stopping; config edits however they are
+made, refusals, ``migd reload``, drift, retries and ``migd status``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from daemon_support import (
+    BALANCED,
+    SMALL,
+    Daemon,
+    all_hold,
+    config_text,
+    destroy_one_instance,
+    layouts,
+    running,
+    sim,
+    wait_for,
+    write_atomically,
+)
+
+# ---------------------------------------------------------------------------
+# The notify protocol
+# ---------------------------------------------------------------------------
+
+
+def test_ready_only_once_every_gpu_holds_its_layout(tmp_path: Path) -> None:
+    with running(tmp_path, config_text(), gpus="H200x8") as daemon:
+        daemon.ready()
+        # The node is already right when READY=1 arrives.
+        assert layouts(daemon.state) == {i: BALANCED for i in range(8)}
+        messages = daemon.notify.snapshot()
+        ready_at = next(i for i, m in enumerate(messages) if "READY=1" in m)
+        before = messages[:ready_at]
+        statuses = [m.fields["STATUS"] for m in before if "STATUS" in m.fields]
+        assert any(s.startswith("applying 1g.18gb×2+2g.35gb+3g.71gb to GPU") for s in statuses)
+        assert "ready: balanced, 8/8 GPUs in sync" in statuses
+        assert any("EXTEND_TIMEOUT_USEC" in m.fields for m in before)
+        assert daemon.state_doc()["phase"] == "ready"
+
+
+def test_sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, config_text()) as daemon:
+        daemon.ready()
+        seen = len(daemon.notify.snapshot())
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        daemon.send(signal.SIGHUP)
+        at, reloading = daemon.notify.wait(lambda m: "RELOADING=1" in m, "RELOADING=1", after=seen)
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert before <= int(reloading.fields["MONOTONIC_USEC"]) <= after
+        daemon.notify.wait(lambda m: "READY=1" in m, "READY=1 after the reload", after=at + 1)
+        assert daemon.state_doc()["reload_generation"] == 1
+
+        daemon.send(signal.SIGTERM)
+        daemon.notify.wait(lambda m: "STOPPING=1" in m, "STOPPING=1", after=at)
+        assert daemon.wait(timeout=15) == 0
+        assert "exits with status 0" in daemon.log()
+
+
+def test_watchdog_pings_and_withholds_them_while_an_nvml_call_hangs(tmp_path: Path) -> None:
+    config = config_text(drift="1s")
+    with running(tmp_path, config, env={"WATCHDOG_USEC": "1000000"}) as daemon:
+        daemon.ready()
+        first = len(daemon.notify.snapshot())
+        wait_for(
+            lambda: sum("WATCHDOG=1" in m for m in daemon.notify.snapshot()[first:]) >= 3,
+            "three watchdog pings",
+        )
+        # The next drift check's first NVML call hangs for 4 s.
+        hang_set = time.monotonic()
+        hang = ["--call", "nvmlDeviceGetCount_v2", "--hang", "4", "--count", "1"]
+        sim("fault", str(daemon.state), *hang)
+        wait_for(
+            lambda: "withholding watchdog pings" in daemon.log(), "the hang noticed", timeout=10
+        )
+
+        # Pings resume once the call has returned.
+        def pings_after_hang() -> list[float]:
+            return [m.at for m in daemon.notify.snapshot() if "WATCHDOG=1" in m and m.at > hang_set]
+
+        wait_for(
+            lambda: len(pings_after_hang()) >= 2 and max(pings_after_hang()) > hang_set + 4.5,
+            "pings after the hang",
+            timeout=15,
+        )
+        times = [hang_set, *pings_after_hang()]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # Pings come every 0.5 s; while the call hung they were withheld for longer than
+        # the whole watchdog interval (1 s), so systemd would have restarted migd.
+        assert max(gaps) > 1.0, gaps
+        assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_sigterm_while_applying_lets_the_change_finish(tmp_path: Path) -> None:
+    # Every GPU-instance creation takes 0.3 s: the apply is still running at SIGTERM.
+    slow = ["--call", "nvmlDeviceCreateGpuInstanceWithPlacement", "--latency", "300"]
+    with running(tmp_path, config_text(), gpus="H200x4", faults=[slow]) as daemon:
+        daemon.notify.wait(
+            lambda m: m.fields.get("STATUS", "").startswith("applying"), "an apply", timeout=30
+        )
+        daemon.send(signal.SIGTERM)
+        daemon.notify.wait(lambda m: "STOPPING=1" in m, "STOPPING=1 at once")
+        assert daemon.wait(timeout=60) == 0
+        assert not any("READY=1" in m for m in daemon.notify.snapshot())
+        # Never a half-built GPU: each one holds its old layout (none) or the new one.
+        for index, held in layouts(daemon.state).items():
+            assert held in ({}, BALANCED), (index, held)
+
+
+# ---------------------------------------------------------------------------
+# Config changes
+# ---------------------------------------------------------------------------
+
+
+def _edit_in_place(config: Path, text: str) -> None:
+    with open(config, "r+") as f:
+        f.truncate(0)
+        f.write(text)
+
+
+def _configmap(directory: Path, text: str, version: int) -> None:
+    """Kubernetes' atomic writer: a new timestamped directory, ``..data`` flipped to it,
+    the old one removed; ``config.yaml`` is a symlink through ``..data``."""
+    data = directory / f"..2024_01_01_00_00_0{version}.000000000"
+    data.mkdir()
+    (data / "config.yaml").write_text(text)
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(data.name)
+    os.replace(tmp, directory / "..data")
+    if old is not None:
+        shutil.rmtree(directory / old)
+    if not (directory / "config.yaml").is_symlink():
+        (directory / "config.yaml").unlink(missing_ok=True)
+        (directory / "config.yaml").symlink_to("..data/config.yaml")
+
+
+@pytest.mark.parametrize("how", ["in-place", "atomic-rename", "configmap"])
+def test_config_edits_are_applied_within_five_seconds(tmp_path: Path, how: str) -> None:
+    def as_configmap(daemon: Daemon) -> None:
+        _configmap(daemon.directory, config_text(), 1)
+
+    prepare = as_configmap if how == "configmap" else None
+    with running(tmp_path, config_text(), prepare=prepare) as daemon:
+        daemon.ready()
+        seen = len(daemon.notify.snapshot())
+        if how == "in-place":
+            _edit_in_place(daemon.config, config_text("small"))
+        elif how == "atomic-rename":
+            write_atomically(daemon.config, config_text("small"))
+        else:
+            _configmap(daemon.directory, config_text("small"), 2)
+        at, _ = daemon.notify.wait(lambda m: "RELOADING=1" in m, "RELOADING=1", after=seen)
+        daemon.notify.wait(lambda m: "READY=1" in m, "READY=1 after it", after=at + 1)
+        wait_for(lambda: all_hold(daemon.state, SMALL), "the new layout", timeout=5)
+        assert daemon.state_doc()["selected_config"] == "small"
+
+
+def test_invalid_edit_is_refused_and_migd_reload_says_why(tmp_path: Path) -> None:
+    with running(tmp_path, config_text()) as daemon:
+        daemon.ready()
+        # Rewriting the same content is no change.
+        write_atomically(daemon.config, config_text())
+        time.sleep(1.0)
+        assert daemon.state_doc()["reload_generation"] == 0
+
+        bad = config_text("small").replace('"1g.18gb": 7', '"1g.18gb": seven')
+        line = next(i for i, text in enumerate(bad.splitlines(), 1) if "seven" in text)
+        write_atomically(daemon.config, bad)
+        doc = wait_for(
+            lambda: (d := daemon.state_doc()) and not d["last_reload_ok"] and d,
+            "the refusal published",
+        )
+        where = f"{daemon.config}:{line}:"
+        assert where in doc["last_reload_error"]
+        assert doc["selected_config"] == "balanced" and doc["phase"] == "degraded"
+        status = daemon.notify.statuses()[-1]
+        assert status.startswith("degraded: config refused, keeping balanced:"), status
+        assert where in status
+        assert all_hold(daemon.state, BALANCED)  # nothing touched
+
+        # `migd reload` fails on the same file the watcher had already refused.
+        proc = daemon.reload()
+        assert proc.returncode == 2, proc
+        assert where in proc.stderr and "seven" in proc.stderr
+        assert daemon.process is not None and daemon.process.poll() is None
+        assert all_hold(daemon.state, BALANCED)
+
+        _edit_in_place(daemon.config, config_text("small"))
+        proc = daemon.reload()
+        assert proc.returncode == 0, proc.stderr
+        assert all_hold(daemon.state, SMALL)
+        doc = daemon.state_doc()
+        assert doc["last_reload_ok"] and doc["phase"] == "ready"
+
+
+def test_invalid_config_at_start_continue_reports_ready_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    bad = config_text().replace("selected-config: balanced", "selected-config: nosuch")
+    with running(tmp_path, bad) as daemon:
+        daemon.ready()
+        status = daemon.notify.statuses()[-1]
+        assert status.startswith("degraded: config invalid, no GPU touched:"), status
+        assert str(daemon.config) in status and "nosuch" in status
+        assert all(held == {} for held in layouts(daemon.state).values())
+        assert (
+            json.loads(sim("show", str(daemon.state), "--json"))["gpus"][0]["mig"]["current"] == 0
+        )
+        # Fixing the file is enough: the watcher picks it up.
+        write_atomically(daemon.config, config_text())
+        wait_for(lambda: all_hold(daemon.state, BALANCED), "the fixed config applied")
+
+
+def test_invalid_config_at_start_strict_exits_2(tmp_path: Path) -> None:
+    bad = config_text().replace('"3g.71gb": 1', '"3g.71gb": one')
+    with running(tmp_path, bad, "--boot-policy", "strict") as daemon:
+        assert daemon.wait(timeout=30) == 2
+        assert not any("READY=1" in m for m in daemon.notify.snapshot())
+        assert all(held == {} for held in layouts(daemon.state).values())
+        assert "one" in daemon.log()
+
+
+# ---------------------------------------------------------------------------
+# Drift and retries
+# ---------------------------------------------------------------------------
+
+
+def test_drift_is_repaired(tmp_path: Path) -> None:
+    with running(tmp_path, config_text(drift="1s")) as daemon:
+        daemon.ready()
+        destroy_one_instance(daemon.state, 1)
+        assert not all_hold(daemon.state, BALANCED)
+        wait_for(lambda: all_hold(daemon.state, BALANCED), "the drift repaired", timeout=6)
+        assert "drift: GPU 1 holds" in daemon.log()
+
+
+def test_drift_is_only_reported_under_policy_report(tmp_path: Path) -> None:
+    with running(tmp_path, config_text(drift="1s", policy="report")) as daemon:
+        daemon.ready()
+        destroy_one_instance(daemon.state, 0)
+        doc = wait_for(
+            lambda: (d := daemon.state_doc()) and not d["gpus"][0]["in_sync"] and d,
+            "the drift reported",
+        )
+        assert doc["gpus"][0]["reason"].startswith("drifted: holds")
+        assert "GPU 0" in doc["status"] and doc["phase"] == "degraded"
+        time.sleep(1.5)  # another drift check, which must not repair either
+        assert layouts(daemon.state)[0] != BALANCED
+
+
+def test_failed_reconcile_is_retried_with_backoff_until_it_succeeds(tmp_path: Path) -> None:
+    # GPU 0's first two GPU-instance creations fail: the start and the first retry.
+    fault = [
+        "--call", "nvmlDeviceCreateGpuInstanceWithPlacement",
+        "--code", "INSUFFICIENT_RESOURCES", "--gpu", "0", "--count", "2",
+    ]  # fmt: skip
+    with running(tmp_path, config_text(), faults=[fault]) as daemon:
+        daemon.ready()  # boot-policy continue: ready, degraded
+        wait_for(lambda: all_hold(daemon.state, BALANCED), "the retries succeeding", timeout=10)
+        statuses = daemon.notify.statuses()
+        failed = [s for s in statuses if s.startswith("degraded: GPU 0 failed")]
+        assert any(s.endswith("retry in 1 s)") for s in failed), failed
+        assert any(s.endswith("retry in 2 s)") for s in failed), failed
+        wait_for(
+            lambda: daemon.notify.statuses()[-1] == "ready: balanced, 2/2 GPUs in sync",
+            "ready again",
+        )
+        assert daemon.log().count("retrying balanced") == 2
+
+
+# ---------------------------------------------------------------------------
+# migd status, and a GPU blocked by a running process
+# ---------------------------------------------------------------------------
+
+
+def test_status_shows_each_gpu_and_a_blocked_one(tmp_path: Path) -> None:
+    with running(tmp_path, config_text()) as daemon:
+        daemon.ready()
+        proc = daemon.status("--json")
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["running"] and doc["phase"] == "ready"
+        assert [(g["index"], g["in_sync"], g["desired"]) for g in doc["gpus"]] == [
+            (0, True, "1g.18gb×2+2g.35gb+3g.71gb"),
+            (1, True, "1g.18gb×2+2g.35gb+3g.71gb"),
+        ]
+        gi = json.loads(sim("show", str(daemon.state), "--json"))["gpus"][1]["gpu_instances"][0]
+        sim(
+            "process",
+            str(daemon.state),
+            "add",
+            "--gpu",
+            "1",
+            "--gi",
+            str(gi["id"]),
+            "--pid",
+            "4242",
+        )
+
+        _edit_in_place(daemon.config, config_text("small"))
+        proc = daemon.reload()
+        assert proc.returncode == 3, proc  # blocked by running processes
+        assert "4242" in proc.stderr
+        doc = json.loads(daemon.status("--json").stdout)
+        gpu0, gpu1 = doc["gpus"]
+        assert gpu0["in_sync"] and gpu0["desired"] == gpu0["current"] == "1g.18gb×7"
+        assert not gpu1["in_sync"] and gpu1["outcome"] == "blocked" and "4242" in gpu1["reason"]
+        assert doc["status"].startswith("degraded: GPU 1 blocked:") and "4242" in doc["status"]
+        assert daemon.notify.statuses()[-1] == doc["status"]
+        text = daemon.status()
+        assert text.returncode == 1
+        assert "GPU 1   blocked" in text.stdout and "4242" in text.stdout
+
+    # A stopped daemon: its last state, and no claim that it runs.
+    proc = daemon.status("--json")
+    assert proc.returncode == 1 and not json.loads(proc.stdout)["running"]
+    assert "no migd daemon runs" in daemon.reload().stderr

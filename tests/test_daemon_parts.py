@@ -1,0 +1,388 @@
+"""The daemon's parts without a daemon process: sd_notify, the runtime directory, the
+unit file, and the loop's decisions driven in-process by a fake node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from daemon_support import NotifyListener, config_text, migd, wait_for
+
+from migd.daemon import Daemon, DaemonOptions, Drift, DriftReport, Loaded, StopSignal, load_selected
+from migd.errors import ConfigError, InvalidRequest
+from migd.layout import DesiredGpu, NodeSnapshot
+from migd.notify import Notifier, watchdog_interval
+from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
+from migd.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
+from migd.status import DaemonView, Phase, Trigger
+from migd.unit import UnitOptions, quote, render_unit
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------
+# sd_notify
+# ---------------------------------------------------------------------------
+
+
+def test_notifier_sends_utf8_assignments_in_one_datagram() -> None:
+    listener = NotifyListener()
+    try:
+        notifier = Notifier(listener.address)
+        notifier.reloading()
+        notifier.status("applying 1g.18gb×2+2g.35gb to GPU 3\n(2/8)")
+        wait_for(lambda: len(listener.snapshot()) == 2, "two datagrams")
+        reloading, status = listener.snapshot()
+        assert set(reloading.fields) == {"RELOADING", "MONOTONIC_USEC"}
+        assert status.fields == {"STATUS": "applying 1g.18gb×2+2g.35gb to GPU 3 (2/8)"}
+    finally:
+        listener.close()
+
+
+def test_notifier_without_socket_does_nothing() -> None:
+    notifier = Notifier.from_environ({})
+    assert not notifier.enabled
+    notifier.ready()  # no error
+    Notifier("/nonexistent/notify.sock").ready()  # logged once, not raised
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "3000000"}, 3.0),
+        ({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "42"}, 3.0),
+        ({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "43"}, None),  # meant for another
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+    ],
+)
+def test_watchdog_interval(environ: dict[str, str], expected: float | None) -> None:
+    assert watchdog_interval(environ, 42) == expected
+
+
+# ---------------------------------------------------------------------------
+# The runtime directory
+# ---------------------------------------------------------------------------
+
+
+def test_one_daemon_per_runtime_directory(tmp_path: Path) -> None:
+    runtime = RuntimeDir(tmp_path / "run")
+    lock = runtime.claim(os.getpid())
+    with pytest.raises(AlreadyRunning, match=str(os.getpid())):
+        runtime.claim(os.getpid())
+    assert runtime.read_pid() == os.getpid()
+    lock.release()
+    assert not runtime.pid_file.exists()
+    runtime.claim(os.getpid()).release()
+
+
+def test_reload_requests_are_answered_once_each(tmp_path: Path) -> None:
+    runtime = RuntimeDir(tmp_path / "run")
+    runtime.claim(os.getpid())
+    first, second = runtime.request_reload(), runtime.request_reload()
+    assert set(runtime.reload_requests()) == {first, second}
+    runtime.answer((first,), ReloadAnswer(2, "config.yaml:3:1: bad"))
+    assert runtime.reload_requests() == (second,)
+    assert runtime.read_answer(first) == ReloadAnswer(2, "config.yaml:3:1: bad")
+    assert runtime.read_answer(second) is None
+    runtime.forget(first)
+    assert runtime.read_answer(first) is None
+
+
+def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    atomic_write(path, b"old")
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["state.json"]  # no temporary file left
+
+
+# ---------------------------------------------------------------------------
+# The unit
+# ---------------------------------------------------------------------------
+
+
+def test_shipped_unit_is_the_rendered_one() -> None:
+    shipped = (REPO / "systemd" / "migd.service").read_text()
+    assert shipped == render_unit(UnitOptions())
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # ExecStart= must exist for verify: point it at a stub executable.
+    stub = tmp_path / "bin" / "migd"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    shipped = (REPO / "systemd" / "migd.service").read_text()
+    unit = tmp_path / "migd.service"
+    unit.write_text(shipped.replace("/usr/bin/migd", str(stub)))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # Units it merely mentions (kubelet.service, …) need not exist on this machine.
+    problems = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and "migd.service" in line
+    ]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_quote_round_trips_through_systemd_rules() -> None:
+    assert quote("/usr/bin/migd") == "/usr/bin/migd"
+    assert quote("/srv/my node/state.json") == '"/srv/my node/state.json"'
+    assert quote("50%") == "50%%"
+    assert quote("$HOME") == "$$HOME"
+
+
+def test_install_unit_names_this_migd_and_the_simulated_node(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "migd"
+    state = tmp_path / "node.json"
+    proc = subprocess.run(
+        [str(exe), "--simulate", str(state), "install-unit", "--dry-run", "-f", "/etc/x.yaml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    unit = proc.stdout
+    assert f"ExecStart={exe} run -f /etc/x.yaml\n" in unit
+    assert f"ExecReload={exe} reload\n" in unit
+    assert f"Environment=MIGD_SIMULATE={state}\n" in unit
+    assert f"ReadWritePaths={tmp_path}\n" in unit
+    home = any(os.path.realpath(p).startswith(("/root/", "/home/")) for p in (exe, sys.executable))
+    assert ("ProtectHome=read-only\n" in unit) == home
+
+    written = migd("install-unit", "--unit-dir", str(tmp_path / "units"))
+    assert written.returncode == 0, written.stderr
+    assert (tmp_path / "units" / "migd.service").read_text().startswith("# migd keeps")
+
+
+# ---------------------------------------------------------------------------
+# The loop's decisions, with a fake node
+# ---------------------------------------------------------------------------
+
+
+class FakeNode:
+    """Answers reconciles with the outcomes given, one per call (the last one repeats)."""
+
+    def __init__(
+        self,
+        outcomes: Sequence[GpuOutcome | BaseException],
+        drift: tuple[Drift, ...] = (),
+        gate: threading.Event | None = None,
+    ) -> None:
+        self.outcomes = list(outcomes)
+        self.drift = drift
+        self.gate = gate
+        self.reconciles: list[str] = []
+        self.checks = 0
+
+    def reconcile(
+        self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
+    ) -> ReconcileResult:
+        self.reconciles.append(loaded.name)
+        if options.progress is not None:
+            options.progress(f"applying {loaded.name} to GPU 0 (1/1)")
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return ReconcileResult(
+            loaded.name,
+            (GpuResult(0, outcome, reason="" if outcome is GpuOutcome.APPLIED else "it broke"),),
+            (DesiredGpu(0, True),),
+            NodeSnapshot(()),
+        )
+
+    def check(self, loaded: Loaded) -> DriftReport:
+        self.checks += 1
+        return DriftReport(NodeSnapshot(()), (DesiredGpu(0, True),), self.drift)
+
+    def oldest_call_started(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder:
+    """An observer keeping everything the loop publishes."""
+
+    def __init__(self) -> None:
+        self.views: list[DaemonView] = []
+        self.outcomes: list[tuple[Trigger, GpuOutcome]] = []
+        self.reloads: list[bool] = []
+
+    def published(self, view: DaemonView) -> None:
+        self.views.append(view)
+
+    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
+        self.outcomes.append((trigger, result.worst()))
+
+    def reload_attempted(self, ok: bool) -> None:
+        self.reloads.append(ok)
+
+    def statuses(self) -> list[str]:
+        return [v.status_line for v in self.views]
+
+    def before_stop(self) -> DaemonView:
+        """The last view published before the test stopped the daemon."""
+        return [v for v in self.views if v.phase is not Phase.STOPPING][-1]
+
+
+def drive(
+    tmp_path: Path,
+    node: FakeNode,
+    *,
+    config: str | None = None,
+    until: Callable[[Recorder], bool] | None = None,
+    during: Callable[[Daemon, Recorder], None] | None = None,
+    boot_policy: str | None = None,
+    exits: bool = False,
+) -> tuple[int, Recorder, NotifyListener]:
+    """Run a Daemon in this thread over ``node`` until ``until`` holds, then SIGTERM it;
+    with ``exits`` it is expected to exit by itself (and is stopped if it does not)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config or config_text())
+    try:
+        startup: Loaded | ConfigError = load_selected(str(path), None, {})
+    except ConfigError as exc:
+        startup = exc
+    listener = NotifyListener()
+    recorder = Recorder()
+    runtime = RuntimeDir(tmp_path / "run")
+    lock = runtime.claim(os.getpid())
+    daemon = Daemon(
+        DaemonOptions(str(path), boot_policy=boot_policy),  # type: ignore[arg-type]
+        node,
+        startup,
+        runtime=runtime,
+        notifier=Notifier(listener.address),
+        observers=[recorder],
+    )
+
+    exited = threading.Event()
+
+    def steer() -> None:
+        try:
+            if during is not None:
+                during(daemon, recorder)
+            if until is not None:
+                wait_for(lambda: until(recorder), "the expected outcome", timeout=10)
+            if exits:
+                exited.wait(timeout=10)
+        finally:
+            daemon.post(StopSignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=steer, daemon=True)
+    thread.start()
+    try:
+        code = daemon.run()
+    finally:
+        exited.set()
+        thread.join(timeout=10)
+        listener.close()
+        lock.release()
+    return code, recorder, listener
+
+
+def test_retries_back_off_exponentially_up_to_the_maximum(tmp_path: Path) -> None:
+    config = config_text(retry_initial="0.05s", retry_max="0.2s")
+    node = FakeNode([GpuOutcome.FAILED] * 5 + [GpuOutcome.APPLIED])
+    code, recorder, listener = drive(
+        tmp_path,
+        node,
+        config=config,
+        until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY,
+    )
+    assert code == 0
+    delays = [s.rsplit("retry in ", 1)[1] for s in recorder.statuses() if "retry in" in s]
+    assert list(dict.fromkeys(delays)) == ["0.05 s)", "0.1 s)", "0.2 s)"]
+    assert len(node.reconciles) == 6
+    assert [t for t, _ in recorder.outcomes] == [Trigger.STARTUP] + [Trigger.RETRY] * 5
+    # READY=1 once, after the first (failed) outcome: boot-policy continue.
+    assert sum("READY=1" in m for m in listener.snapshot()) == 1
+
+
+def test_boot_policy_strict_exits_with_the_outcome_and_never_reports_ready(
+    tmp_path: Path,
+) -> None:
+    node = FakeNode([GpuOutcome.BLOCKED])
+    code, _, listener = drive(tmp_path, node, boot_policy="strict", exits=True)
+    assert code == 3
+    assert not any("READY=1" in m for m in listener.snapshot())
+
+
+def test_config_that_does_not_fit_the_node_is_refused_at_start(tmp_path: Path) -> None:
+    node = FakeNode([InvalidRequest("GPU 0 (NVIDIA H200) has no profile 1g.5gb")])
+    _, recorder, _ = drive(
+        tmp_path, node, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.DEGRADED
+    )
+    view = recorder.before_stop()
+    assert view.selected_config is None and not view.last_reload_ok
+    assert view.status_line == (
+        "degraded: config invalid, no GPU touched: GPU 0 (NVIDIA H200) has no profile 1g.5gb"
+    )
+    assert recorder.reloads == [False]
+
+
+def test_stop_waits_for_the_job_in_progress(tmp_path: Path) -> None:
+    gate = threading.Event()
+    node = FakeNode([GpuOutcome.APPLIED], gate=gate)
+
+    def stop_then_release(daemon: Daemon, recorder: Recorder) -> None:
+        wait_for(lambda: recorder.views and recorder.views[-1].phase is Phase.APPLYING, "apply")
+        daemon.post(StopSignal(signal.SIGTERM))
+        # STOPPING=1 and the stopping status while the job still runs in the worker.
+        wait_for(lambda: recorder.views[-1].phase is Phase.STOPPING, "stopping")
+        gate.set()
+
+    code, recorder, listener = drive(tmp_path, node, during=stop_then_release)
+    assert code == 0
+    assert recorder.views[-2].status_line.startswith("stopping once this finishes: applying")
+    assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.APPLIED)]
+    assert not any("READY=1" in m for m in listener.snapshot())
+    assert any("STOPPING=1" in m for m in listener.snapshot())
+
+
+def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> None:
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    node = FakeNode([GpuOutcome.APPLIED], drift=drift)
+    config = config_text(drift="0.05s", policy="report")
+    _, recorder, _ = drive(
+        tmp_path,
+        node,
+        config=config,
+        until=lambda r: bool(r.views) and not r.views[-1].gpus[0].in_sync,
+    )
+    view = recorder.before_stop()
+    assert view.phase is Phase.DEGRADED
+    assert view.gpus[0].reason == "drifted: holds 1g.18gb×6, config wants 1g.18gb×7"
+    assert node.reconciles == ["balanced"]  # the startup only: nothing repaired
+
+
+def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
+    node = FakeNode([GpuOutcome.APPLIED])
+    code, _, _ = drive(
+        tmp_path, node, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY
+    )
+    assert code == 0
+    doc = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert doc["phase"] == "stopping" and doc["selected_config"] == "balanced"
+    assert doc["gpus"] == [
+        {"index": 0, "in_sync": True, "outcome": "applied", "reason": "", "reboot_required": False}
+    ]
