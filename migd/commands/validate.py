@@ -1,0 +1,94 @@
+"""`migd validate`: check a config file without touching any GPU."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from migd.config import find_selection, load_config, ownership_warning
+from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError
+
+DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
+ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
+
+DESCRIPTION = """\
+Check a migd config file (mig-parted's v1 format plus migd's settings) and report
+every problem in it, each as FILE:LINE:COL: key.path: message. Nothing is read from
+or done to the GPUs, so it is safe anywhere: in CI, in a pre-commit hook, on a laptop.
+
+If -c, MIGD_SELECTED_CONFIG or MIG_PARTED_SELECTED_CONFIG names a config, it must
+exist in the file. Exit status: 0 valid, 2 invalid.
+"""
+
+EPILOG = """\
+examples:
+  migd validate -f /etc/migd/config.yaml
+  migd validate -f configs/config.yaml -c all-balanced
+  kubectl get cm mig-parted-config -o jsonpath='{.data.config\\.yaml}' | migd validate -f -
+
+output on error (one line per problem, on stderr):
+  config.yaml:13:9: mig-configs.all-balanced[1].mig-devices."1g.18gbb": '1g.18gbb' is not \
+a MIG profile name; …
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check a config file and report every problem in it",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-f",
+        "--config-file",
+        dest="config_file",
+        metavar="FILE",
+        default=_default_config_file(),
+        help="the config file, - for standard input (default: $MIGD_CONFIG_FILE, "
+        f"$MIG_PARTED_CONFIG_FILE, or {DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "-c",
+        "--selected-config",
+        dest="selected_config",
+        metavar="NAME",
+        default=None,
+        help="the config to select; it must exist in the file (default: "
+        "$MIGD_SELECTED_CONFIG, $MIG_PARTED_SELECTED_CONFIG, selected-config: in the "
+        "file, or the only config)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _default_config_file() -> str:
+    for var in ENV_CONFIG_FILE:
+        if os.environ.get(var):
+            return os.environ[var]
+    return DEFAULT_CONFIG_FILE
+
+
+def run(args: argparse.Namespace) -> int:
+    # A file a root daemon would refuse is still checked: its owner and mode are a
+    # matter of where it is installed, which is often not where it is validated.
+    try:
+        config = load_config(args.config_file, enforce_ownership=False)
+        selection = find_selection(config, args.selected_config, os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    warning = ownership_warning(args.config_file)
+    if warning is not None:
+        print(
+            f"{args.config_file}: warning: migd running as root would refuse this file: {warning}",
+            file=sys.stderr,
+        )
+    count = len(config.mig_configs)
+    summary = f"{config.source}: valid, {count} mig-config{'' if count == 1 else 's'}"
+    if selection is not None:
+        summary += f"; selected: {selection.name} ({selection.origin})"
+    print(summary)
+    return EXIT_OK
