@@ -1,0 +1,384 @@
+"""The checkpoint format: the exact MIG geometry of GPUs, saved and read back.
+
+A checkpoint records, per GPU, the MIG mode and every GPU instance with its profile
+id, its placement and its compute instances (profile id and placement), so the
+geometry can be recreated exactly with explicit placements. It is what the
+reconciler keeps in memory before touching a GPU, and what ``migd checkpoint`` /
+``migd restore`` write and read as versioned JSON. This module is the only place the
+format is parsed. Pure: no NVML here; the reconciler acts on the differences
+computed by :func:`restore_diff`.
+
+The file (``version`` is required and checked first)::
+
+    {"version": "v1", "kind": "migd-checkpoint", "driver_version": "580.159.04",
+     "gpus": [{"index": 0, "uuid": "GPU-…", "bus_id": "00000000:19:00.0",
+               "mig_enabled": true,
+               "gpu_instances": [
+                 {"profile_id": 9, "profile": "3g.71gb", "placement": {"start": 4, "size": 4},
+                  "compute_instances": [
+                    {"profile_id": 2, "profile": "3g.71gb",
+                     "placement": {"start": 0, "size": 4}}]}]}]}
+
+``profile`` fields are for the reader; restoring uses the ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migd.errors import ConfigError, Problem
+from migd.layout import GpuInstance, GpuState, NodeSnapshot, Placement
+
+VERSION = "v1"
+KIND = "migd-checkpoint"
+
+
+@dataclass(frozen=True, order=True)
+class CiRecord:
+    profile_id: int
+    placement: Placement
+    profile: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, order=True)
+class GiRecord:
+    profile_id: int
+    placement: Placement
+    compute_instances: tuple[CiRecord, ...] = ()
+    profile: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    """One GPU's geometry. ``instances`` is sorted so equal geometries compare equal."""
+
+    index: int
+    uuid: str
+    mig_enabled: bool
+    instances: tuple[GiRecord, ...] = ()
+    bus_id: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    gpus: tuple[GpuRecord, ...]
+    driver_version: str = ""
+
+    def by_uuid(self, uuid: str) -> GpuRecord | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+
+# ---------------------------------------------------------------------------
+# Capture and compare
+# ---------------------------------------------------------------------------
+
+
+def _ci_name(gpu: GpuState, gi: GpuInstance, ci_profile_id: int) -> str:
+    profile = gpu.profile_by_id(gi.profile_id)
+    if profile is None:
+        return ""
+    return next((c.name for c in profile.ci_profiles if c.id == ci_profile_id), "")
+
+
+def capture_gpu(gpu: GpuState) -> GpuRecord:
+    """The exact geometry of one GPU as read."""
+    instances = []
+    for gi in gpu.instances:
+        profile = gpu.profile_by_id(gi.profile_id)
+        cis = tuple(
+            sorted(
+                CiRecord(ci.profile_id, ci.placement, _ci_name(gpu, gi, ci.profile_id))
+                for ci in gi.compute_instances
+            )
+        )
+        instances.append(
+            GiRecord(gi.profile_id, gi.placement, cis, profile.name if profile else "")
+        )
+    return GpuRecord(
+        index=gpu.index,
+        uuid=gpu.uuid,
+        mig_enabled=gpu.mig_enabled,
+        instances=tuple(sorted(instances)),
+        bus_id=gpu.bus_id,
+    )
+
+
+def capture(snapshot: NodeSnapshot) -> Checkpoint:
+    """The geometry of every MIG-capable GPU of the node."""
+    return Checkpoint(
+        gpus=tuple(capture_gpu(g) for g in snapshot.gpus if g.mig_capable),
+        driver_version=snapshot.driver_version,
+    )
+
+
+def gpu_matches(gpu: GpuState, record: GpuRecord) -> bool:
+    """Whether a GPU holds exactly the recorded geometry (mode, placements, CIs)."""
+    return capture_gpu(gpu) == record
+
+
+@dataclass(frozen=True)
+class RestoreDiff:
+    """What turns a GPU's current geometry back into a recorded one.
+
+    GIs are matched by profile and placement (placements never overlap, so a
+    placement names one GI); a matched GI is kept and only its CIs are corrected.
+    ``busy`` lists the (GI id, pids) that the destroys would hit.
+    """
+
+    index: int
+    destroy_cis: tuple[tuple[int, int], ...] = ()  # (gi_id, ci_id), before any GI destroy
+    destroy_gis: tuple[int, ...] = ()
+    set_mode: bool | None = None
+    create_cis: tuple[tuple[int, CiRecord], ...] = ()  # (kept gi_id, CI to create in it)
+    create_gis: tuple[GiRecord, ...] = ()
+    busy: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    @property
+    def noop(self) -> bool:
+        return not (
+            self.destroy_cis
+            or self.destroy_gis
+            or self.set_mode is not None
+            or self.create_cis
+            or self.create_gis
+        )
+
+
+def restore_diff(gpu: GpuState, record: GpuRecord) -> RestoreDiff:
+    """The steps that bring ``gpu`` back to ``record``, keeping whatever already matches."""
+    wanted = {(gi.profile_id, gi.placement): gi for gi in record.instances}
+    keep_target = wanted if record.mig_enabled else {}
+    destroy_cis: list[tuple[int, int]] = []
+    destroy_gis: list[int] = []
+    create_cis: list[tuple[int, CiRecord]] = []
+    busy: list[tuple[int, tuple[int, ...]]] = []
+    matched: set[tuple[int, Placement]] = set()
+    for gi in gpu.instances:
+        key = (gi.profile_id, gi.placement)
+        target = keep_target.get(key)
+        if target is None:
+            destroy_cis.extend((gi.id, ci.id) for ci in gi.compute_instances)
+            destroy_gis.append(gi.id)
+            if gi.busy:
+                pids = {*gi.pids, *(pid for ci in gi.compute_instances for pid in ci.pids)}
+                busy.append((gi.id, tuple(sorted(pids))))
+            continue
+        matched.add(key)
+        have = {(ci.profile_id, ci.placement): ci for ci in gi.compute_instances}
+        want = {(ci.profile_id, ci.placement): ci for ci in target.compute_instances}
+        for ci_key, ci in have.items():
+            if ci_key not in want:
+                destroy_cis.append((gi.id, ci.id))
+                if ci.pids:
+                    busy.append((gi.id, ci.pids))
+        create_cis.extend((gi.id, ci) for ci_key, ci in sorted(want.items()) if ci_key not in have)
+    create_gis = tuple(gi for key, gi in sorted(keep_target.items()) if key not in matched)
+    return RestoreDiff(
+        index=gpu.index,
+        destroy_cis=tuple(destroy_cis),
+        destroy_gis=tuple(destroy_gis),
+        # A pending change away from the recorded mode is cancelled too.
+        set_mode=(
+            None if gpu.mig_enabled == gpu.mig_pending == record.mig_enabled else record.mig_enabled
+        ),
+        create_cis=tuple(create_cis),
+        create_gis=create_gis,
+        busy=tuple(busy),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The JSON file
+# ---------------------------------------------------------------------------
+
+
+def _placement_dict(p: Placement) -> dict[str, int]:
+    return {"start": p.start, "size": p.size}
+
+
+def to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "kind": KIND,
+        "driver_version": checkpoint.driver_version,
+        "gpus": [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "bus_id": g.bus_id,
+                "mig_enabled": g.mig_enabled,
+                "gpu_instances": [
+                    {
+                        "profile_id": gi.profile_id,
+                        "profile": gi.profile,
+                        "placement": _placement_dict(gi.placement),
+                        "compute_instances": [
+                            {
+                                "profile_id": ci.profile_id,
+                                "profile": ci.profile,
+                                "placement": _placement_dict(ci.placement),
+                            }
+                            for ci in gi.compute_instances
+                        ],
+                    }
+                    for gi in g.instances
+                ],
+            }
+            for g in checkpoint.gpus
+        ],
+    }
+
+
+def dumps(checkpoint: Checkpoint) -> str:
+    return json.dumps(to_dict(checkpoint), indent=2) + "\n"
+
+
+class _Reader:
+    """Walks the parsed document, collecting every problem with its key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.source, None, None, path, message))
+
+    def get(self, obj: Mapping[str, Any], key: str, kind: type, path: str) -> Any:
+        where = f"{path}.{key}" if path else key
+        if key not in obj:
+            self.problem(where, "missing")
+            return None
+        value = obj[key]
+        # bool is an int in Python; a count or id must not be written as true/false.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problem(where, f"must be {kind.__name__}, not {type(value).__name__}")
+            return None
+        return value
+
+    def placement(self, obj: Mapping[str, Any], path: str) -> Placement | None:
+        raw = self.get(obj, "placement", dict, path)
+        if raw is None:
+            return None
+        start = self.get(raw, "start", int, f"{path}.placement")
+        size = self.get(raw, "size", int, f"{path}.placement")
+        if start is None or size is None:
+            return None
+        if start < 0 or size < 1:
+            self.problem(f"{path}.placement", "start must be ≥ 0 and size ≥ 1")
+            return None
+        return Placement(start, size)
+
+
+def loads(text: str, source: str = "<checkpoint>") -> Checkpoint:
+    """Parse a checkpoint file; raises ConfigError naming every problem found."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([Problem(source, exc.lineno, exc.colno, "", exc.msg)]) from None
+    reader = _Reader(source)
+    if not isinstance(doc, dict):
+        raise ConfigError([Problem(source, None, None, "", "a checkpoint is a JSON object")])
+    if doc.get("version") != VERSION:
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    None,
+                    None,
+                    "version",
+                    f"unsupported checkpoint version {doc.get('version')!r} (expected {VERSION!r})",
+                )
+            ]
+        )
+    if doc.get("kind", KIND) != KIND:
+        reader.problem("kind", f"not a migd checkpoint (kind {doc.get('kind')!r})")
+    gpus = []
+    for i, raw_gpu in enumerate(reader.get(doc, "gpus", list, "") or []):
+        path = f"gpus[{i}]"
+        if not isinstance(raw_gpu, dict):
+            reader.problem(path, "must be an object")
+            continue
+        index = reader.get(raw_gpu, "index", int, path)
+        uuid = reader.get(raw_gpu, "uuid", str, path)
+        enabled = reader.get(raw_gpu, "mig_enabled", bool, path)
+        instances = []
+        for j, raw_gi in enumerate(reader.get(raw_gpu, "gpu_instances", list, path) or []):
+            gi_path = f"{path}.gpu_instances[{j}]"
+            if not isinstance(raw_gi, dict):
+                reader.problem(gi_path, "must be an object")
+                continue
+            profile_id = reader.get(raw_gi, "profile_id", int, gi_path)
+            placement = reader.placement(raw_gi, gi_path)
+            cis = []
+            for k, raw_ci in enumerate(
+                reader.get(raw_gi, "compute_instances", list, gi_path) or []
+            ):
+                ci_path = f"{gi_path}.compute_instances[{k}]"
+                if not isinstance(raw_ci, dict):
+                    reader.problem(ci_path, "must be an object")
+                    continue
+                ci_profile = reader.get(raw_ci, "profile_id", int, ci_path)
+                ci_placement = reader.placement(raw_ci, ci_path)
+                if ci_profile is not None and ci_placement is not None:
+                    cis.append(CiRecord(ci_profile, ci_placement, str(raw_ci.get("profile", ""))))
+            if profile_id is not None and placement is not None:
+                instances.append(
+                    GiRecord(
+                        profile_id, placement, tuple(sorted(cis)), str(raw_gi.get("profile", ""))
+                    )
+                )
+        if enabled is False and instances:
+            reader.problem(path, "a GPU with MIG disabled cannot hold GPU instances")
+        if index is not None and uuid is not None and enabled is not None:
+            gpus.append(
+                GpuRecord(
+                    index=index,
+                    uuid=uuid,
+                    mig_enabled=enabled,
+                    instances=tuple(sorted(instances)),
+                    bus_id=str(raw_gpu.get("bus_id", "")),
+                )
+            )
+    uuids = [g.uuid for g in gpus]
+    for uuid in sorted({u for u in uuids if uuids.count(u) > 1}):
+        reader.problem("gpus", f"GPU {uuid} appears more than once")
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Checkpoint(gpus=tuple(gpus), driver_version=str(doc.get("driver_version", "")))
+
+
+def read(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file ('-' = stdin)."""
+    if str(path) == "-":
+        return loads(sys.stdin.read(), "<stdin>")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(path), None, None, "", f"cannot read: {exc}")]) from None
+    return loads(text, str(path))
+
+
+def write(path: str | Path, checkpoint: Checkpoint) -> None:
+    """Write a checkpoint atomically ('-' = stdout): a reader never sees half a file."""
+    text = dumps(checkpoint)
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

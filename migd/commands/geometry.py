@@ -1,0 +1,527 @@
+"""The one-shot geometry verbs: plan, apply, assert, export, generate-config, checkpoint, restore.
+
+Flags and environment variables follow mig-parted where it has them, so scripts and
+units written for ``nvidia-mig-parted`` keep working. Each verb parses its flags,
+calls the library (adapter, selection, planner, reconciler, export, checkpoint) and
+turns the result into text and an exit code; no decision is made here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from migd import checkpoint as checkpoint_file
+from migd.clients import NodeServices, apply_with_services
+from migd.commands.validate import DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE
+from migd.config import Config, load_config, select_config
+from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
+from migd.export import DEFAULT_LABEL, export_config, generate_config, render
+from migd.nvml import NvmlAdapter
+from migd.planner import format_plan, plan_node, plan_to_dict
+from migd.reconcile import (
+    ReconcileOptions,
+    ReconcileResult,
+    differences,
+    format_result,
+    restore,
+)
+from migd.selection import desired_layouts
+
+_TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+
+EXIT_CODES = """\
+exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (nothing
+            touched), 3 blocked by running processes, 4 reboot required
+"""
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _env_flag(*names: str) -> bool:
+    value = _env(*names)
+    return value is not None and value.strip().lower() in _TRUE
+
+
+# ---------------------------------------------------------------------------
+# Shared flags
+# ---------------------------------------------------------------------------
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--config-file",
+        dest="config_file",
+        metavar="FILE",
+        default=_env(*ENV_CONFIG_FILE) or DEFAULT_CONFIG_FILE,
+        help="the config file, - for standard input (default: $MIGD_CONFIG_FILE, "
+        f"$MIG_PARTED_CONFIG_FILE, or {DEFAULT_CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "-c",
+        "--selected-config",
+        dest="selected_config",
+        metavar="NAME",
+        default=None,
+        help="the mig-config to apply (default: $MIGD_SELECTED_CONFIG, "
+        "$MIG_PARTED_SELECTED_CONFIG, selected-config: in the file, or the only config)",
+    )
+
+
+def _add_mode_only(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "-m",
+        "--mode-only",
+        dest="mode_only",
+        action="store_true",
+        default=_env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
+        help=f"{what} the MIG mode only, not the instances ($MIG_PARTED_MODE_CHANGE_ONLY)",
+    )
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="destroy instances that run processes when the new layout cannot keep them "
+        "(without it such a GPU is left unchanged and reported blocked)",
+    )
+    parser.add_argument(
+        "-s",
+        "--skip-reset",
+        dest="skip_reset",
+        action="store_true",
+        default=_env_flag("MIG_PARTED_SKIP_RESET"),
+        help="never reset a GPU to activate a pending MIG mode change; report a reboot "
+        "as required instead ($MIG_PARTED_SKIP_RESET)",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="change one GPU after another instead of all in parallel",
+    )
+
+
+def _add_output_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output-format",
+        dest="output_format",
+        choices=("yaml", "json"),
+        default=_env("MIG_PARTED_OUTPUT_FORMAT") or "yaml",
+        help="yaml (default) or json ($MIG_PARTED_OUTPUT_FORMAT)",
+    )
+
+
+def _parser(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    examples: str,
+    handler: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"examples:\n{examples}\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler, needs_nvml=True)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the verbs
+# ---------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, str]:
+    config = load_config(args.config_file)
+    return config, select_config(config, args.selected_config, os.environ)
+
+
+def _reset_command(args: argparse.Namespace, config: Config | None) -> tuple[str, ...]:
+    """The reset command: the simulator's under --simulate, else the config's.
+
+    Under --simulate the reconciler runs ``migd sim reset`` like any reset command,
+    so neither it nor the adapter knows the node is simulated.
+    """
+    if getattr(args, "simulate", None):
+        state = args.simulate
+        return (sys.executable, "-m", "migd", "sim", "reset", state, "--bus-id", "{bus_ids}")
+    if config is not None:
+        return config.settings.reset_command
+    return ReconcileOptions().reset_command
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOptions:
+    return ReconcileOptions(
+        force=args.force,
+        mode_only=getattr(args, "mode_only", False),
+        skip_reset=args.skip_reset,
+        parallel=not args.sequential,
+        reset_command=_reset_command(args, config),
+        progress=_say,
+    )
+
+
+def _report(result: ReconcileResult) -> int:
+    for line in format_result(result):
+        print(line)
+    return result.exit_code
+
+
+# ---------------------------------------------------------------------------
+# plan
+# ---------------------------------------------------------------------------
+
+PLAN_DESCRIPTION = """\
+Show what 'migd apply' would do on each GPU, and change nothing (NVML is opened
+read-only). For every GPU the selected config covers: the current layout, the wanted
+one, and the steps: instances kept (with their processes), destroyed, and created at
+explicit placements, MIG mode changes and resets, and anything that blocks the change
+because an instance to destroy runs a process.
+"""
+
+PLAN_EXAMPLES = """\
+  migd plan -f /etc/migd/config.yaml -c all-balanced
+  migd plan -f configs/demo.yaml --json | jq '.gpus[] | {gpu, create}'
+"""
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    config, name = _load(args)
+    with NvmlAdapter.open(read_only=True) as nvml:
+        snapshot = nvml.snapshot()
+    desired = desired_layouts(snapshot, config.entries(name))
+    plans = plan_node(snapshot, desired, force=args.force)
+    if args.json:
+        doc = {
+            "config": name,
+            "gpus": [plan_to_dict(p, snapshot.gpu(p.index)) for p in plans],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"plan for mig-config {name!r} from {config.source}:")
+        print(format_plan(plans, snapshot))
+    return EXIT_BLOCKED if any(p.blocked for p in plans) else EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# apply
+# ---------------------------------------------------------------------------
+
+APPLY_DESCRIPTION = """\
+Bring every GPU the selected config covers to its layout. Instances the new layout can
+keep are kept; new ones are created at explicit placements; an instance that runs a
+process is never destroyed unless --force is given (the GPU is reported blocked and
+left unchanged). GPUs change in parallel; a GPU whose change fails is put back as it
+was, the others keep their new layout. A pending MIG mode change (Ampere) is activated
+by resetting only the GPUs that need it, with the config's reset command. An invalid
+config or an unknown profile touches no GPU at all. A second run does nothing.
+"""
+
+APPLY_EXAMPLES = """\
+  migd apply -f /etc/migd/config.yaml -c all-balanced
+  MIG_PARTED_SELECTED_CONFIG=all-1g.18gb migd apply
+  migd apply -f /etc/migd/config.yaml -m        only switch MIG on/off
+  migd --simulate /tmp/node.json apply -f configs/demo.yaml
+"""
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    config, name = _load(args)
+    # Hooks, GPU client units, post-change refreshes and NFD labels (migd.clients): the
+    # hooks and gpu-clients files are read here, so a bad one touches no GPU.
+    services = NodeServices.from_settings(config.settings, hooks_file=args.hooks_file)
+    with NvmlAdapter.open() as nvml:
+        report = apply_with_services(
+            nvml, config, name, _options(args, config), services, post_boot=True
+        )
+    assert report.result is not None
+    code = _report(report.result)
+    for line in report.lines():
+        print(line)
+    return code
+
+
+# ---------------------------------------------------------------------------
+# assert
+# ---------------------------------------------------------------------------
+
+ASSERT_DESCRIPTION = """\
+Check that every GPU the selected config covers holds its layout (MIG mode, profiles
+and counts, compared canonically: 1c.1g.18gb is 1g.18gb, zero counts are ignored).
+GPUs the config does not cover are not judged. Exit 0 when all match, 1 otherwise,
+listing each difference. With -a, only check that the config is valid for this node
+(every profile exists on the GPUs it names, every layout fits). Read-only.
+"""
+
+ASSERT_EXAMPLES = """\
+  migd assert -f /etc/migd/config.yaml -c all-balanced && echo in sync
+  migd assert -f /etc/migd/config.yaml -a        is the config valid here?
+  migd assert -m                                 only the MIG mode
+"""
+
+
+def run_assert(args: argparse.Namespace) -> int:
+    config, name = _load(args)
+    with NvmlAdapter.open(read_only=True) as nvml:
+        snapshot = nvml.snapshot()
+    desired = desired_layouts(snapshot, config.entries(name))
+    if args.valid_config:
+        print(f"Selected MIG configuration {name!r} is valid for this node")
+        return EXIT_OK
+    found = differences(snapshot, desired, mode_only=args.mode_only)
+    if found:
+        print(f"Selected MIG configuration {name!r} is not applied:")
+        for line in found:
+            print(f"  {line}")
+        return EXIT_FAILED
+    print(f"Selected MIG configuration {name!r} currently applied")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# export, generate-config
+# ---------------------------------------------------------------------------
+
+EXPORT_DESCRIPTION = """\
+Print the node's current MIG geometry as a mig-parted config, merged exactly as
+mig-parted merges it: GPUs with the same layout share one entry, 'devices: all' when
+an entry covers every GPU of its models, device filters only where the node mixes GPU
+models. Applying the output reproduces the geometry. Read-only.
+"""
+
+EXPORT_EXAMPLES = """\
+  migd export > /etc/migd/config.yaml
+  migd export -o json -l before-upgrade
+"""
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with NvmlAdapter.open(read_only=True) as nvml:
+        snapshot = nvml.snapshot()
+    sys.stdout.write(render(export_config(snapshot, args.config_label), args.output_format))
+    return EXIT_OK
+
+
+GENERATE_DESCRIPTION = """\
+Print a config with a layout for every profile the node's GPUs offer, built from their
+own profile tables: all-disabled, all-enabled (MIG on, no instances), all-balanced and
+one all-<profile> per GPU-instance profile with its maximum count (config names as
+mig-parted spells them: '+' becomes '.', so 1g.18gb+me is all-1g.18gb.me). Device
+filters are added when the node mixes GPU models. Read-only.
+"""
+
+GENERATE_EXAMPLES = """\
+  migd generate-config > /etc/migd/config.yaml
+  migd generate-config -o json -f /tmp/generated.json
+"""
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    with NvmlAdapter.open(read_only=True) as nvml:
+        snapshot = nvml.snapshot()
+    text = render(generate_config(snapshot), args.output_format)
+    if args.output_file:
+        with open(args.output_file, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# checkpoint, restore
+# ---------------------------------------------------------------------------
+
+CHECKPOINT_DESCRIPTION = """\
+Save the exact MIG geometry of every MIG-capable GPU (MIG mode, every GPU instance's
+profile and placement, every compute instance's profile and placement) to a versioned
+JSON file, for 'migd restore'. Read-only.
+"""
+
+CHECKPOINT_EXAMPLES = """\
+  migd checkpoint -f /var/lib/migd/before-maintenance.json
+  migd checkpoint -f - | jq .
+"""
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    with NvmlAdapter.open(read_only=True) as nvml:
+        snapshot = nvml.snapshot()
+    saved = checkpoint_file.capture(snapshot)
+    checkpoint_file.write(args.file, saved)
+    if args.file != "-":
+        print(f"saved the geometry of {len(saved.gpus)} GPU(s) to {args.file}")
+    return EXIT_OK
+
+
+RESTORE_DESCRIPTION = """\
+Put every GPU recorded in a checkpoint file back to its exact geometry, with explicit
+placements (GPU instance ids may differ; profiles and placements match). GPUs are
+found by UUID. Instances that match are kept; instances running a process are not
+destroyed unless --force is given. A GPU whose restore fails is put back as it was.
+"""
+
+RESTORE_EXAMPLES = """\
+  migd restore -f /var/lib/migd/before-maintenance.json
+"""
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    saved = checkpoint_file.read(args.file)
+    with NvmlAdapter.open() as nvml:
+        snapshot = nvml.snapshot()
+        result = restore(nvml, snapshot, saved, _options(args, None))
+    return _report(result)
+
+
+# ---------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = _parser(
+        subparsers,
+        "plan",
+        "show what apply would change, and change nothing",
+        PLAN_DESCRIPTION,
+        PLAN_EXAMPLES,
+        run_plan,
+    )
+    _add_config_flags(p)
+    p.add_argument(
+        "--force", action="store_true", help="plan as 'apply --force' would (busy instances)"
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = _parser(
+        subparsers,
+        "apply",
+        "bring the GPUs to the selected config's layout",
+        APPLY_DESCRIPTION,
+        APPLY_EXAMPLES,
+        run_apply,
+    )
+    _add_config_flags(p)
+    _add_mode_only(p, "change")
+    _add_execution_flags(p)
+    p.add_argument(
+        "-k",
+        "--hooks-file",
+        dest="hooks_file",
+        metavar="FILE",
+        default=_env("MIGD_HOOKS_FILE", "MIG_PARTED_HOOKS_FILE"),
+        help="a mig-parted hooks file to run around the change (default: settings.hooks-file; "
+        "$MIGD_HOOKS_FILE, $MIG_PARTED_HOOKS_FILE)",
+    )
+
+    p = _parser(
+        subparsers,
+        "assert",
+        "check that the GPUs hold the selected config's layout",
+        ASSERT_DESCRIPTION,
+        ASSERT_EXAMPLES,
+        run_assert,
+    )
+    _add_config_flags(p)
+    _add_mode_only(p, "check")
+    p.add_argument(
+        "-a",
+        "--valid-config",
+        dest="valid_config",
+        action="store_true",
+        help="only check that the selected config is valid for this node",
+    )
+
+    p = _parser(
+        subparsers,
+        "export",
+        "print the current geometry as a mig-parted config",
+        EXPORT_DESCRIPTION,
+        EXPORT_EXAMPLES,
+        run_export,
+    )
+    _add_output_format(p)
+    p.add_argument(
+        "-l",
+        "--config-label",
+        dest="config_label",
+        metavar="LABEL",
+        default=_env("MIG_PARTED_CONFIG_LABEL") or DEFAULT_LABEL,
+        help=f"name of the exported mig-config (default {DEFAULT_LABEL}; $MIG_PARTED_CONFIG_LABEL)",
+    )
+
+    p = _parser(
+        subparsers,
+        "generate-config",
+        "print a config with a layout for every profile the GPUs offer",
+        GENERATE_DESCRIPTION,
+        GENERATE_EXAMPLES,
+        run_generate,
+    )
+    _add_output_format(p)
+    p.add_argument(
+        "-f",
+        "--output-file",
+        dest="output_file",
+        metavar="FILE",
+        default=_env("MIG_PARTED_OUTPUT_FILE"),
+        help="write to FILE instead of standard output ($MIG_PARTED_OUTPUT_FILE)",
+    )
+
+    p = _parser(
+        subparsers,
+        "checkpoint",
+        "save the exact MIG geometry to a file",
+        CHECKPOINT_DESCRIPTION,
+        CHECKPOINT_EXAMPLES,
+        run_checkpoint,
+    )
+    p.add_argument(
+        "-f",
+        "--checkpoint-file",
+        dest="file",
+        metavar="FILE",
+        default=_env("MIG_PARTED_CHECKPOINT_FILE"),
+        required=_env("MIG_PARTED_CHECKPOINT_FILE") is None,
+        help="the checkpoint file to write, - for standard output ($MIG_PARTED_CHECKPOINT_FILE)",
+    )
+
+    p = _parser(
+        subparsers,
+        "restore",
+        "restore the exact MIG geometry saved by 'migd checkpoint'",
+        RESTORE_DESCRIPTION,
+        RESTORE_EXAMPLES,
+        run_restore,
+    )
+    p.add_argument(
+        "-f",
+        "--checkpoint-file",
+        dest="file",
+        metavar="FILE",
+        default=_env("MIG_PARTED_CHECKPOINT_FILE"),
+        required=_env("MIG_PARTED_CHECKPOINT_FILE") is None,
+        help="the checkpoint file to read, - for standard input ($MIG_PARTED_CHECKPOINT_FILE)",
+    )
+    _add_execution_flags(p)

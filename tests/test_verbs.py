@@ -1,0 +1,379 @@
+"""The geometry verbs as an operator runs them: plan, apply, assert, export,
+generate-config, checkpoint, restore — on simulated nodes.
+
+Most run ``migd.cli.main`` in-process (the same parsing and handlers as the command);
+the ones that matter end to end run the ``migd`` command itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from geometry_support import (
+    A100,
+    ANCHORS,
+    H200,
+    REPO,
+    add_process,
+    config_text,
+    geometry,
+    gi_ids,
+    make_node,
+    mutating_calls,
+    power_cycled,
+    read_node,
+    restart_from,
+    run_migd,
+    scratch_dir,
+    snapshot,
+    stats,
+)
+
+from migd.cli import main
+from migd.config import Config, load_config, parse_config
+from migd.errors import InvalidRequest
+from migd.export import export_config, render
+from migd.nvml import NvmlAdapter
+from migd.reconcile import ReconcileOptions, differences, format_result, reconcile_config
+from migd.selection import desired_layouts
+from migd.sim.models import load_model, model_names
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    with scratch_dir(tmp_path) as path:
+        yield path
+
+
+def migd(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> tuple[int, str, str]:
+    """``migd --simulate STATE ARGS…`` in-process: (exit code, stdout, stderr)."""
+    code = _main(["--simulate", str(state), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _main(argv: list[str]) -> int:
+    """``migd.cli.main``, leaving the ``migd`` logger as it found it: main() points it at
+    the current stderr, which here is a capture that ends with the test."""
+    logger = logging.getLogger("migd")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        return main(argv)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def write(scratch: Path, text: str, name: str = "config.yaml") -> Path:
+    path = scratch / name
+    path.write_text(text)
+    return path
+
+
+# --- every shipped config on every model that has its profiles ------------------------
+
+MIG_MODELS = sorted({load_model(n).key for n in model_names() if load_model(n).mig_capable})
+
+
+def _config_cases() -> list[tuple[str, Config, str]]:
+    """(file name, parsed config, config name): every config of configs/, every all-* of
+    mig-parted's own files. Each file is parsed once."""
+    cases = []
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        config = load_config(str(path))
+        cases += [(path.name, config, name) for name in config.names]
+    for path in (ANCHORS / "config.yaml", ANCHORS / "config-default.yaml"):
+        config = load_config(str(path))
+        cases += [(path.name, config, n) for n in config.names if n.startswith("all-")]
+    return cases
+
+
+CONFIG_CASES = _config_cases()
+
+
+@pytest.mark.parametrize("model", MIG_MODELS)
+def test_every_config_applies_asserts_and_exports_on_each_model(scratch: Path, model: str) -> None:
+    """apply → assert passes → export says the same layout, for every config the model
+    can hold (a config naming a profile the model lacks is refused by resolution)."""
+    state = make_node(scratch / "s.json", [model, model], clients=False)
+    fresh = read_node(state)
+    blank = snapshot()
+    applied = []
+    for file, config, name in CONFIG_CASES:
+        try:
+            desired = desired_layouts(blank, config.entries(name))
+        except InvalidRequest:
+            continue  # the model lacks a profile this config names
+        if not desired:
+            continue  # the config's device filters leave this model out
+        restart_from(state, fresh)
+        with NvmlAdapter.open() as nvml:
+            result = reconcile_config(nvml, config, name, ReconcileOptions())
+            assert result.exit_code == 0, (file, name, format_result(result))
+            after = nvml.snapshot()
+        want = desired_layouts(after, config.entries(name))
+        assert differences(after, want) == [], (file, name)
+        exported = parse_config(render(export_config(after, "now"), "yaml").encode(), "export")
+        got = desired_layouts(after, exported.entries("now"))
+        assert [(d.index, d.mig_enabled, d.instances) for d in got] == [
+            (d.index, d.mig_enabled, d.instances) for d in want
+        ], (file, name)
+        applied.append(name)
+    assert "all-balanced" in applied, applied
+
+
+# --- the demo, end to end -------------------------------------------------------------
+
+
+def test_demo_config_on_a_fresh_8xh200_node_then_nothing_to_do(scratch: Path) -> None:
+    state = scratch / "node.json"
+    assert run_migd("sim", "init", str(state), "--gpu", "H200x8").returncode == 0
+    demo = str(REPO / "configs" / "demo.yaml")
+    first = run_migd("--simulate", str(state), "apply", "-f", demo)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("applied 1g.18gb×2+2g.35gb+3g.71gb") == 8
+    node = geometry(read_node(state))
+    assert len(set(node.values())) == 1  # every GPU alike:
+    mode, _, instances = node[0]
+    assert mode == 1 and sorted((p, start, size) for p, start, size, _ in instances) == [
+        (9, 4, 4),  # 3g.71gb
+        (14, 0, 2),  # 2g.35gb
+        (19, 2, 1),  # 1g.18gb
+        (19, 3, 1),
+    ]
+    calls = mutating_calls(stats(state))
+    assert calls == 8 * 9  # per GPU: the mode, 4 GIs, 4 CIs
+    second = run_migd("--simulate", str(state), "apply", "-f", demo)
+    assert second.returncode == 0
+    assert second.stdout.count("nothing to do") == 8
+    assert mutating_calls(stats(state)) == calls
+    assert geometry(read_node(state)) == node
+
+
+def test_unknown_profile_exits_2_and_touches_no_gpu(scratch: Path) -> None:
+    state = scratch / "node.json"
+    run_migd("sim", "init", str(state), "--gpu", "H200x2")
+    good = write(scratch, config_text({"demo": "1g.18gb=2,2g.35gb=1,3g.71gb=1"}), "good.yaml")
+    assert run_migd("--simulate", str(state), "apply", "-f", str(good)).returncode == 0
+    # GPU 0 would be fine; GPU 1 asks a profile an H200 does not have.
+    bad = write(
+        scratch,
+        "version: v1\nmig-configs:\n  next:\n"
+        "    - devices: [0]\n      mig-enabled: true\n      mig-devices: {1g.18gb: 7}\n"
+        "    - devices: [1]\n      mig-enabled: true\n      mig-devices: {1g.5gb: 7}\n",
+        "bad.yaml",
+    )
+    before = run_migd("sim", "show", str(state), "--json").stdout
+    calls = mutating_calls(json.loads(run_migd("sim", "stats", str(state), "--json").stdout))
+    result = run_migd("--simulate", str(state), "apply", "-f", str(bad))
+    assert result.returncode == 2
+    assert "1g.5gb" in result.stderr and "GPU 1" in result.stderr
+    assert "1g.18gb" in result.stderr  # the valid choices are named
+    assert run_migd("sim", "show", str(state), "--json").stdout == before
+    assert (
+        mutating_calls(json.loads(run_migd("sim", "stats", str(state), "--json").stdout)) == calls
+    )
+
+
+def test_ampere_reset_goes_through_the_simulated_reset_command(scratch: Path) -> None:
+    state = scratch / "node.json"
+    run_migd("sim", "init", str(state), "--gpu", "A100-SXM4-40GB", "--gpu", "H200")
+    cfg = write(scratch, config_text({"on": "3g=2"}))
+    result = run_migd("--simulate", str(state), "apply", "-f", str(cfg))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resetting GPU 0 to activate" in result.stdout
+    assert "GPU 0: applied 3g.20gb×2 (5 NVML changes, after a GPU reset)" in result.stdout
+    assert "GPU 1: applied 3g.71gb×2 (5 NVML changes)" in result.stdout
+
+
+def test_passthrough_gpu_exits_4_with_the_reason(scratch: Path) -> None:
+    state = scratch / "node.json"
+    run_migd("sim", "init", str(state), "--gpu", "A100-SXM4-40GB", "--passthrough")
+    cfg = write(scratch, config_text({"on": "7g.40gb=1"}))
+    for _ in range(2):
+        result = run_migd("--simulate", str(state), "apply", "-f", str(cfg))
+        assert result.returncode == 4
+        assert "REBOOT REQUIRED" in result.stdout and "passthrough" in result.stdout
+
+
+# --- plan, assert, blocked -------------------------------------------------------------
+
+
+def test_plan_shows_the_steps_and_changes_nothing(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_node(scratch / "s.json", [H200, H200])
+    cfg = write(scratch, config_text({"demo": "1g.18gb=2,2g.35gb=1,3g.71gb=1"}))
+    code, out, _ = migd(capsys, state, "plan", "-f", str(cfg))
+    assert code == 0
+    assert "set MIG mode on" in out and "create   3g.71gb at 4:4" in out
+    code, out, _ = migd(capsys, state, "plan", "-f", str(cfg), "--json")
+    doc = json.loads(out)
+    assert doc["config"] == "demo"
+    assert [g["gpu"] for g in doc["gpus"]] == [0, 1]
+    assert len(doc["gpus"][0]["create"]) == 4
+    assert mutating_calls(stats(state)) == 0
+
+
+def test_blocked_gpu_exits_3_and_stays_as_it_was(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_node(scratch / "s.json", [H200, H200])
+    cfg = write(
+        scratch, config_text({"demo": "1g.18gb=2,2g.35gb=1,3g.71gb=1", "small": "1g.18gb=7"})
+    )
+    assert migd(capsys, state, "apply", "-f", str(cfg), "-c", "demo")[0] == 0
+    add_process(state, 777, gpu=1, gi=gi_ids(read_node(state), 1)[(9, 4, 4)], ci=0)
+    before = geometry(read_node(state))
+    code, out, _ = migd(capsys, state, "plan", "-f", str(cfg), "-c", "small")
+    assert code == 3 and "BLOCKED" in out and "777" in out
+    code, out, _ = migd(capsys, state, "apply", "-f", str(cfg), "-c", "small")
+    assert code == 3
+    assert "GPU 1: BLOCKED, unchanged" in out and "777" in out
+    assert geometry(read_node(state))[1] == before[1]
+    assert geometry(read_node(state))[0] != before[0]
+
+
+def test_assert_judges_only_covered_gpus_and_lists_differences(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_node(scratch / "s.json", [H200, H200])
+    first = write(
+        scratch,
+        "version: v1\nmig-configs:\n  first:\n"
+        "    - devices: [0]\n      mig-enabled: true\n"
+        "      mig-devices: {1c.1g.18gb: 7, 3g.71gb: 0}\n",
+        "first.yaml",
+    )
+    assert migd(capsys, state, "assert", "-f", str(first))[0] == 1
+    assert migd(capsys, state, "apply", "-f", str(first))[0] == 0
+    # GPU 1 is not covered (still MIG off) and not judged; 1c.1g.18gb is 1g.18gb.
+    code, out, _ = migd(capsys, state, "assert", "-f", str(first))
+    assert code == 0, out
+    other = write(scratch, config_text({"x": "7g.141gb=1"}), "other.yaml")
+    code, out, _ = migd(capsys, state, "assert", "-f", str(other))
+    assert code == 1
+    assert "GPU 0: holds 1g.18gb×7, wanted 7g.141gb" in out
+    assert "GPU 1: holds MIG disabled, wanted 7g.141gb" in out
+    assert migd(capsys, state, "assert", "-f", str(other), "-a")[0] == 0
+    bad = write(scratch, config_text({"x": "1g.5gb=1"}), "bad.yaml")
+    assert migd(capsys, state, "assert", "-f", str(bad), "-a")[0] == 2
+    assert migd(capsys, state, "assert", "-f", str(first), "-m")[0] == 0
+
+
+def test_config_from_stdin_and_env_selection(scratch: Path) -> None:
+    state = scratch / "node.json"
+    run_migd("sim", "init", str(state), "--gpu", "H200")
+    text = config_text({"a": "7g.141gb=1", "b": "1g.18gb=7"})
+    result = run_migd("--simulate", str(state), "apply", "-f", "-", "-c", "b", stdin=text)
+    assert result.returncode == 0 and "applied 1g.18gb×7" in result.stdout
+    # No selection in a file with two configs: invalid input, nothing touched.
+    result = run_migd("--simulate", str(state), "apply", "-f", "-", stdin=text)
+    assert result.returncode == 2 and "no mig-config selected" in result.stderr
+
+
+# --- export, generate-config -------------------------------------------------------------
+
+
+def test_export_and_generate_config_round_trip(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_node(scratch / "s.json", [H200, H200, A100], clients=False)
+    code, out, _ = migd(capsys, state, "generate-config", "-o", "json")
+    generated = json.loads(out)
+    assert {"all-disabled", "all-enabled", "all-balanced", "all-1g.18gb.me", "all-1g.5gb"} <= set(
+        generated["mig-configs"]
+    )
+    assert generated["mig-configs"]["all-1g.5gb"][0]["device-filter"] == ["0x20B010DE"]
+    path = write(scratch, yaml.safe_dump(generated), "generated.yaml")
+    assert migd(capsys, state, "apply", "-f", str(path), "-c", "all-balanced")[0] == 0
+    code, out, _ = migd(capsys, state, "export")
+    assert yaml.safe_load(out) == {
+        "version": "v1",
+        "mig-configs": {
+            "current": [
+                {
+                    "device-filter": "0x233510DE",
+                    "devices": "all",
+                    "mig-enabled": True,
+                    "mig-devices": {"1g.18gb": 2, "2g.35gb": 1, "3g.71gb": 1},
+                },
+                {
+                    "device-filter": "0x20B010DE",
+                    "devices": "all",
+                    "mig-enabled": True,
+                    "mig-devices": {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1},
+                },
+            ]
+        },
+    }
+    code, out, _ = migd(capsys, state, "export", "-o", "json", "-l", "saved")
+    assert code == 0 and list(json.loads(out)["mig-configs"]) == ["saved"]
+
+
+# --- checkpoint, restore ------------------------------------------------------------------
+
+
+def test_checkpoint_restore_round_trip(scratch: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = make_node(scratch / "s.json", [H200, H200])
+    cfg = write(
+        scratch,
+        config_text({"mixed": "1c.3g.71gb=2,3g.71gb=1", "flat": "1g.18gb=7"}),
+    )
+    assert migd(capsys, state, "apply", "-f", str(cfg), "-c", "mixed")[0] == 0
+    saved = read_node(state)
+    file = scratch / "cp.json"
+    code, out, _ = migd(capsys, state, "checkpoint", "-f", str(file))
+    assert code == 0
+    doc = json.loads(file.read_text())
+    assert doc["version"] == "v1" and len(doc["gpus"]) == 2
+    assert migd(capsys, state, "apply", "-f", str(cfg), "-c", "flat")[0] == 0
+    assert geometry(read_node(state)) != geometry(saved)
+    code, out, _ = migd(capsys, state, "restore", "-f", str(file))
+    assert code == 0, out
+    assert geometry(read_node(state)) == geometry(saved)
+    code, out, _ = migd(capsys, state, "restore", "-f", str(file))
+    assert code == 0 and out.count("nothing to do") == 2
+    # A file of another version is refused before anything is touched.
+    doc["version"] = "v9"
+    file.write_text(json.dumps(doc))
+    code, _, err = migd(capsys, state, "restore", "-f", str(file))
+    assert code == 2 and "v9" in err
+
+
+def test_restore_after_the_node_lost_its_instances(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_node(scratch / "s.json", [H200])
+    cfg = write(scratch, config_text({"x": "1g.35gb=2,2g.35gb=1,1g.18gb+me=1"}))
+    assert migd(capsys, state, "apply", "-f", str(cfg))[0] == 0
+    saved = read_node(state)
+    file = scratch / "cp.json"
+    assert migd(capsys, state, "checkpoint", "-f", str(file))[0] == 0
+    # A reboot: instances and mode are gone (a Hopper GPU forgets its MIG mode too).
+    restart_from(state, power_cycled(saved))
+    code, out, _ = migd(capsys, state, "restore", "-f", str(file))
+    assert code == 0, out
+    assert geometry(read_node(state)) == geometry(saved)
+
+
+# --- every verb teaches --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "verb", ["plan", "apply", "assert", "export", "generate-config", "checkpoint", "restore"]
+)
+def test_every_verb_help_has_a_description_and_an_example(
+    verb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        _main([verb, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"migd {verb}" in out
+    assert "exit codes:" in out
+    assert len(out.split("\n\n")[1]) > 80  # a description, not just a usage line
