@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Protocol
 
@@ -326,17 +326,12 @@ def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, l
     return DesiredGpu(gpu.index, True, specs, tuple(entry.mig_devices)), []
 
 
-def desired_layouts(
-    snapshot: NodeSnapshot, entries: Sequence[ConfigEntryLike]
-) -> tuple[DesiredGpu, ...]:
-    """The layout of every GPU the selected config covers, by GPU index.
-
-    GPUs no entry covers, and GPUs without MIG that are skipped, get no DesiredGpu.
-    Raises SelectionError (an InvalidRequest) listing every problem found.
-    """
+def _chosen_entries(
+    gpus: Sequence[GpuState], entries: Sequence[ConfigEntryLike]
+) -> tuple[dict[int, ConfigEntryLike], list[str]]:
+    """The entry that governs each GPU (later entries win), and the non-MIG problems."""
     problems: list[str] = []
     chosen: dict[int, ConfigEntryLike] = {}
-    gpus = sorted(snapshot.gpus, key=lambda g: g.index)
     for entry in entries:
         for gpu in gpus:
             if not entry.matches(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
@@ -351,6 +346,19 @@ def desired_layouts(
                     )
                 continue
             chosen[gpu.index] = entry
+    return chosen, problems
+
+
+def desired_layouts(
+    snapshot: NodeSnapshot, entries: Sequence[ConfigEntryLike]
+) -> tuple[DesiredGpu, ...]:
+    """The layout of every GPU the selected config covers, by GPU index.
+
+    GPUs no entry covers, and GPUs without MIG that are skipped, get no DesiredGpu.
+    Raises SelectionError (an InvalidRequest) listing every problem found.
+    """
+    gpus = sorted(snapshot.gpus, key=lambda g: g.index)
+    chosen, problems = _chosen_entries(gpus, entries)
     layouts = []
     for gpu in gpus:
         if gpu.index not in chosen:
@@ -362,3 +370,34 @@ def desired_layouts(
     if problems:
         raise SelectionError(problems)
     return tuple(layouts)
+
+
+def model_fit_problems(
+    entries: Sequence[ConfigEntryLike], gpu: GpuState
+) -> tuple[tuple[ConfigEntryLike, str], ...]:
+    """Every problem the entries would meet on a node made only of GPUs like ``gpu``.
+
+    The node has one GPU per index the entries name (at least one), so later entries
+    win exactly as on a real node; each problem is reported once per entry, without
+    the entry and GPU prefix the node-level messages carry, since the caller names both.
+    A MIG-enabled entry that would govern a GPU without MIG is a problem here.
+    """
+    indices = [i for e in entries if e.devices != "all" for i in e.devices]
+    gpus = [replace(gpu, index=i) for i in range(max(indices, default=0) + 1)]
+    chosen, _ = _chosen_entries([replace(g, mig_capable=True) for g in gpus], entries)
+    found: dict[tuple[int, str], tuple[ConfigEntryLike, str]] = {}
+    for node_gpu in gpus:
+        entry = chosen.get(node_gpu.index)
+        if entry is None or not entry.mig_enabled:
+            continue
+        if not node_gpu.mig_capable:
+            problems = [f"{gpu.name} is not MIG-capable"]
+        else:
+            prefix = f"{entry.path} (line {entry.line}): "
+            problems = [
+                p.removeprefix(prefix).removeprefix(f"{gpu_label(node_gpu)}: ")
+                for p in _layout(node_gpu, entry)[1]
+            ]
+        for text in problems:
+            found.setdefault((id(entry), text), (entry, text))
+    return tuple(found.values())

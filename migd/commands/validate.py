@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from migd.config import find_selection, load_config, ownership_warning
-from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError
+from migd.config import Config, find_selection, load_config, ownership_warning
+from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError, Problem
 
 DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
 ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
@@ -18,13 +18,17 @@ every problem in it, each as FILE:LINE:COL: key.path: message. Nothing is read f
 or done to the GPUs, so it is safe anywhere: in CI, in a pre-commit hook, on a laptop.
 
 If -c, MIGD_SELECTED_CONFIG or MIG_PARTED_SELECTED_CONFIG names a config, it must
-exist in the file. Exit status: 0 valid, 2 invalid.
+exist in the file. With --gpu-model, every MIG-enabled entry of the selected config
+(of every config when none is selected) whose device filters admit that GPU is also
+checked against the model's own profile table: each profile exists, the counts fit,
+and one placement holds them all. Exit status: 0 valid, 2 invalid.
 """
 
 EPILOG = """\
 examples:
   migd validate -f /etc/migd/config.yaml
   migd validate -f configs/config.yaml -c all-balanced
+  migd validate -f configs/demo.yaml --gpu-model H200
   kubectl get cm mig-parted-config -o jsonpath='{.data.config\\.yaml}' | migd validate -f -
 
 output on error (one line per problem, on stderr):
@@ -60,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$MIGD_SELECTED_CONFIG, $MIG_PARTED_SELECTED_CONFIG, selected-config: in the "
         "file, or the only config)",
     )
+    parser.add_argument(
+        "--gpu-model",
+        metavar="MODEL",
+        default=None,
+        help="also check the layouts against this GPU model's profile table, "
+        "e.g. H200, A100-SXM4-40GB, A30 (the models 'migd sim init --gpu' knows)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -80,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
+    if args.gpu_model is not None:
+        names = (selection.name,) if selection is not None else config.names
+        problems = _model_problems(config, names, args.gpu_model)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return EXIT_INVALID
     warning = ownership_warning(args.config_file)
     if warning is not None:
         print(
@@ -90,5 +108,26 @@ def run(args: argparse.Namespace) -> int:
     summary = f"{config.source}: valid, {count} mig-config{'' if count == 1 else 's'}"
     if selection is not None:
         summary += f"; selected: {selection.name} ({selection.origin})"
+    if args.gpu_model is not None:
+        summary += f"; fits {args.gpu_model}"
     print(summary)
     return EXIT_OK
+
+
+def _model_problems(config: Config, names: tuple[str, ...], model_name: str) -> list[str]:
+    """Problems of the named configs' layouts on one GPU of ``model_name``, as lines."""
+    # The model tables come with the simulator; imported here so plain validation
+    # stays as light as it is.
+    from migd.selection import model_fit_problems
+    from migd.sim.models import load_model
+    from migd.sim.tables import blank_gpu
+
+    try:
+        gpu = blank_gpu(load_model(model_name))
+    except ValueError as exc:
+        return [f"--gpu-model: {exc}"]
+    return [
+        str(Problem(config.source, entry.line, 1, entry.path, f"on {gpu.name}: {text}"))
+        for name in names
+        for entry, text in model_fit_problems(config.entries(name), gpu)
+    ]
