@@ -1,0 +1,502 @@
+"""mig-parted's hooks file, and the one way migd runs an external program.
+
+The hooks file is mig-parted's ``api/hooks/v1`` format, read unchanged::
+
+    version: v1
+    hooks:
+      apply-start:
+      - workdir: /etc/nvidia-mig-manager
+        command: /bin/bash
+        args: ["-x", "-c", "source hooks.sh; apply-start ${MIG_PARTED_SELECTED_CONFIG}"]
+        envs: {HOOKS_DEBUG: "1"}
+
+Stages run in this order around a change: ``apply-start``; ``pre-apply-mode`` when
+some GPU's MIG mode changes; ``pre-apply-config`` when some GPU's instances change;
+the change; ``apply-exit``, always, whatever happened before (``migd.clients`` drives
+the order). A hook is executed as written: ``command`` with ``args`` as its argv, no
+shell, nothing expanded. A hook that wants a shell names one, as mig-parted's default
+hooks do (``/bin/bash -c "…${MIG_PARTED_SELECTED_CONFIG}"``: bash expands that, not
+migd). Its environment is only its ``envs``, ``PATH``, and the ``MIG_PARTED_*``
+variables mig-parted documents with ``MIGD_*`` twins (:func:`hook_environment`);
+migd's own environment is never passed on.
+
+Deliberate differences from mig-parted, each turning a silent surprise into a message
+or a bounded failure:
+
+- an unknown stage name or hook key is an error (mig-parted ignores ``pre-apply-configs:``
+  or ``env:``, so that hook or those variables would silently never apply);
+- ``workdir`` must be an absolute path (the daemon runs from ``/``);
+- every hook has a timeout (``settings.command-timeout``), after which its whole
+  process group is killed; mig-parted waits forever, and a hook blocked on a unit
+  ordered after the daemon hangs the boot (mig-parted issues #68, #11, #8);
+- ``apply-exit`` runs even when ``apply-start`` failed (it is where hooks restart what
+  they stopped), and all its hooks run even when one fails;
+- hooks get a ``PATH`` (systemd's default unless their ``envs`` set one); mig-parted
+  gives them none, so only absolute commands and bash's built-in default worked;
+- a change that changes nothing runs no hook: the daemon checks the GPUs every minute.
+
+``run_command`` is how every external program is run (hooks, systemctl, the CDI and
+MIG-capability commands): an argv, never a shell; a timeout; the process group killed
+on timeout; stdin closed; only the tail of the output kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from yaml.nodes import Node, ScalarNode
+
+# The config's YAML reader: the same limits, positions and alias checks for every file
+# format migd reads (STYLE.md: each format parsed in one place, YAML read one way).
+from migd.config import (
+    _Invalid,
+    _is_null,
+    _join,
+    _read_path,
+    _Reader,
+    _short,
+    read_trusted_file,
+    read_yaml_document,
+)
+
+log = logging.getLogger("migd.hooks")
+
+HOOKS_VERSION = "v1"
+
+APPLY_START = "apply-start"
+PRE_APPLY_MODE = "pre-apply-mode"
+PRE_APPLY_CONFIG = "pre-apply-config"
+APPLY_EXIT = "apply-exit"
+STAGES = (APPLY_START, PRE_APPLY_MODE, PRE_APPLY_CONFIG, APPLY_EXIT)
+
+HOOK_KEYS = ("command", "args", "envs", "workdir")
+
+# systemd's default PATH for services (systemd.exec(5)): what a hook would see if it
+# were a unit of its own.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Output kept per stream of an external command: enough for the last lines of an
+# error, bounded whatever the program prints.
+MAX_OUTPUT_BYTES = 16 * 1024
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# ---------------------------------------------------------------------------
+# Running one external program
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How one external program ended.
+
+    ``returncode`` is None when it did not start or was killed at its timeout.
+    ``error`` is one clause for an operator (``exited with status 3: unit not
+    found``), None when the program exited 0. ``stdout``/``stderr`` hold the last
+    ``MAX_OUTPUT_BYTES`` of each stream.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    duration: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.argv)
+
+
+def _tail(f: IO[bytes]) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - MAX_OUTPUT_BYTES))
+    return f.read().decode("utf-8", errors="replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group the program leads (it was started in a new session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _failure(returncode: int, stderr: str, stdout: str) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        text = f"killed by {name}"
+    else:
+        text = f"exited with status {returncode}"
+    lines = (stderr.strip() or stdout.strip()).splitlines()
+    return f"{text}: {_short(lines[-1], 200)}" if lines else text
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run ``argv`` (never through a shell) and wait at most ``timeout`` seconds.
+
+    ``env`` None passes migd's own environment; otherwise exactly ``env`` (a bare
+    command name is then looked up in ``env["PATH"]``). The program starts in a new
+    session so that, at the timeout, its whole process group is killed: a hook's
+    shell and what it started do not outlive the hook. Output goes to anonymous
+    temporary files rather than pipes, so a grandchild that keeps them open cannot
+    block migd, and only their tails are read back. Never raises for a program that
+    fails: the result says why.
+    """
+    argv = tuple(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            what = exc.filename if exc.filename is not None else argv[0]
+            if isinstance(exc, FileNotFoundError) and what == argv[0]:
+                reason = f"{argv[0]}: command not found"
+            elif isinstance(exc, FileNotFoundError) and what == cwd:
+                reason = f"workdir {cwd}: no such directory"
+            else:
+                reason = f"{what}: {exc.strerror or exc}"
+            return CommandResult(argv, None, error=reason, duration=time.monotonic() - started)
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            returncode = None
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, SystemExit): leave no orphan behind.
+            _kill_group(proc)
+            raise
+        stdout, stderr = _tail(out), _tail(err)
+    duration = time.monotonic() - started
+    if returncode is None:
+        return CommandResult(
+            argv,
+            None,
+            stdout,
+            stderr,
+            error=f"did not finish within {timeout:g} s and was killed",
+            duration=duration,
+            timed_out=True,
+        )
+    error = None if returncode == 0 else _failure(returncode, stderr, stdout)
+    return CommandResult(argv, returncode, stdout, stderr, error, duration)
+
+
+# ---------------------------------------------------------------------------
+# The hooks file
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One hook: run ``command`` with ``args`` in ``workdir`` with ``envs`` added."""
+
+    stage: str
+    position: int  # 0-based, within its stage
+    command: str
+    args: tuple[str, ...] = ()
+    envs: tuple[tuple[str, str], ...] = ()  # file order
+    workdir: str | None = None
+    line: int | None = None  # where the file defines it
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return (self.command, *self.args)
+
+    @property
+    def label(self) -> str:
+        """``apply-exit[1]``: the stage and the hook's position in it, for logs."""
+        return f"{self.stage}[{self.position}]"
+
+
+@dataclass(frozen=True)
+class HooksFile:
+    """A parsed hooks file: its hooks, stage by stage in file order."""
+
+    source: str | None
+    hooks: tuple[Hook, ...] = ()
+
+    def stage(self, name: str) -> tuple[Hook, ...]:
+        return tuple(h for h in self.hooks if h.stage == name)
+
+
+NO_HOOKS = HooksFile(None)
+
+
+def parse_hooks(data: bytes, source: str) -> HooksFile:
+    """Parse hooks file bytes (``source`` names the file); ConfigError lists every problem."""
+    return read_yaml_document(data, source, lambda r, root: _read_hooks_document(r, root))
+
+
+def load_hooks(path: str, *, euid: int | None = None) -> HooksFile:
+    """Read and parse the hooks file at ``path`` under the root file policy."""
+    return parse_hooks(read_trusted_file(path, euid=euid), path)
+
+
+def _read_hooks_document(r: _Reader, root: Node | None) -> HooksFile:
+    if root is None:  # empty, or only comments: no hooks
+        return HooksFile(r.source)
+    found = r.fields(root, "", "a hooks file", ("version", "hooks"))
+    if "version" not in found:
+        r.report(root, "", "version is missing; the file must start with 'version: v1'")
+    else:
+        _, node = found["version"]
+        ok, version = r.attempt(lambda: r.scalar(node, "version"))
+        if ok and version != HOOKS_VERSION:
+            r.report(
+                node,
+                "version",
+                f"unknown version {_short(str(node.value))!r}; migd reads version: v1 "
+                "(mig-parted's hooks format)",
+            )
+    hooks: list[Hook] = []
+    if "hooks" in found and not _is_null(found["hooks"][1]):
+        _, node = found["hooks"]
+        for stage, key_node, value_node in r.mapping(node, "hooks", "hooks"):
+            path = _join("hooks", stage)
+            if stage not in STAGES:
+                r.report(
+                    key_node,
+                    path,
+                    f"unknown hook {_short(stage)!r}; mig-parted's hooks are "
+                    f"{', '.join(STAGES)} (mig-parted would silently never run it)",
+                )
+                continue
+            if not _is_null(value_node):
+                ok, stage_hooks = r.attempt(
+                    lambda n=value_node, p=path, s=stage: _read_stage(r, n, p, s)
+                )
+                hooks.extend(stage_hooks if ok else ())  # type: ignore[arg-type]
+    # Stages in migd's order, whatever order the file lists them in.
+    hooks.sort(key=lambda h: STAGES.index(h.stage))
+    return HooksFile(r.source, tuple(hooks))
+
+
+def _read_stage(r: _Reader, node: Node, path: str, stage: str) -> list[Hook]:
+    hooks: list[Hook] = []
+    expected = f"the {stage} hooks must be a list of hooks (- command: …)"
+    for i, item in enumerate(r.sequence(node, path, expected)):
+        ok, hook = r.attempt(lambda n=item, p=f"{path}[{i}]", i=i: _read_hook(r, n, p, stage, i))
+        if ok:
+            hooks.append(hook)  # type: ignore[arg-type]
+    return hooks
+
+
+def _read_hook(r: _Reader, node: Node, path: str, stage: str, position: int) -> Hook:
+    found = r.fields(node, path, "a hook", HOOK_KEYS)
+    before = len(r.problems)
+    if "command" not in found or _is_null(found["command"][1]):
+        r.fail(node, path, "this hook has no command:; name the program to run")
+    command = r.text(found["command"][1], _join(path, "command"), "command")
+    if not command or "\x00" in command:
+        r.report(found["command"][1], _join(path, "command"), "the command is empty")
+    args: list[str] = []
+    if "args" in found and not _is_null(found["args"][1]):
+        args_path = _join(path, "args")
+        for i, item in enumerate(r.sequence(found["args"][1], args_path, "args")):
+            ok, arg = r.attempt(lambda n=item, p=f"{args_path}[{i}]": _read_arg(r, n, p))
+            if ok:
+                args.append(str(arg))
+    envs: list[tuple[str, str]] = []
+    if "envs" in found and not _is_null(found["envs"][1]):
+        envs_path = _join(path, "envs")
+        for name, key_node, value_node in r.mapping(found["envs"][1], envs_path, "envs"):
+            if not _ENV_NAME_RE.match(name):
+                r.report(
+                    key_node,
+                    _join(envs_path, name),
+                    f"{_short(name)!r} is not an environment variable name "
+                    "(letters, digits and _, not starting with a digit)",
+                )
+                continue
+            value_path = _join(envs_path, name)
+            ok, value = r.attempt(lambda n=value_node, p=value_path: _read_arg(r, n, p))
+            if ok:
+                envs.append((name, str(value)))
+    workdir: str | None = None
+    if "workdir" in found and not _is_null(found["workdir"][1]):
+        ok, value = r.attempt(lambda: _read_path(r, found["workdir"][1], _join(path, "workdir")))
+        workdir = str(value) if ok else None
+    if len(r.problems) > before:
+        raise _Invalid
+    return Hook(
+        stage=stage,
+        position=position,
+        command=command,
+        args=tuple(args),
+        envs=tuple(envs),
+        workdir=workdir,
+        line=node.start_mark.line + 1,
+    )
+
+
+def _read_arg(r: _Reader, node: Node, path: str) -> str:
+    value = r.scalar(node, path)
+    if not isinstance(value, str):
+        # mig-parted (Go, strings only) refuses numbers and booleans here too.
+        hint = f' (quote it: "{node.value}")' if isinstance(node, ScalarNode) else ""
+        r.fail(node, path, f"must be text, not {r.describe(node)}{hint}")
+    if "\x00" in value:
+        r.fail(node, path, "cannot contain a NUL character")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Running hooks
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What an apply is about: the hooks' ``MIG_PARTED_*`` and ``MIGD_*`` variables.
+
+    ``config_file`` and ``hooks_file`` are as given (``-`` for standard input, empty
+    when there is no hooks file), as mig-parted passes its flags on.
+    """
+
+    selected_config: str
+    config_file: str
+    hooks_file: str = ""
+    skip_reset: bool = False
+    mode_only: bool = False
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"  # Go's %v of a bool, as mig-parted formats it
+
+
+def hook_environment(
+    hook: Hook,
+    context: HookContext,
+    *,
+    exit_code: int | None = None,
+    path: str = DEFAULT_PATH,
+) -> dict[str, str]:
+    """The whole environment of ``hook``: nothing of migd's own environment leaks in.
+
+    ``PATH``, then the hook's ``envs`` (which may set PATH), then, overriding them as
+    in mig-parted, ``MIG_PARTED_{SELECTED_CONFIG,CONFIG_FILE,HOOKS_FILE,SKIP_RESET,
+    MODE_CHANGE_ONLY}`` and the same values as ``MIGD_*``, plus ``MIGD_HOOK`` (the
+    stage) and, for ``apply-exit``, ``MIGD_EXIT_CODE`` (migd's exit code for the apply:
+    0 ok, 1 failed, 2 invalid, 3 blocked, 4 reboot required).
+    """
+    shared = {
+        "SELECTED_CONFIG": context.selected_config,
+        "CONFIG_FILE": context.config_file,
+        "HOOKS_FILE": context.hooks_file,
+        "SKIP_RESET": _flag(context.skip_reset),
+        "MODE_CHANGE_ONLY": _flag(context.mode_only),
+    }
+    env = {"PATH": path}
+    env.update(hook.envs)
+    for name, value in shared.items():
+        env[f"MIG_PARTED_{name}"] = value
+        env[f"MIGD_{name}"] = value
+    env["MIGD_HOOK"] = hook.stage
+    if exit_code is not None:
+        env["MIGD_EXIT_CODE"] = str(exit_code)
+    return env
+
+
+@dataclass(frozen=True)
+class HookRun:
+    hook: Hook
+    result: CommandResult
+
+    def describe(self) -> str:
+        """``hook apply-start[0] (/bin/false): exited with status 1``, or ``… ok``."""
+        outcome = "ok" if self.result.ok else self.result.error
+        return f"hook {self.hook.label} ({_short(self.result.command_line, 80)}): {outcome}"
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """The hooks of one stage that ran, in order; a failing hook ends all but apply-exit."""
+
+    stage: str
+    runs: tuple[HookRun, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(run.result.ok for run in self.runs)
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(run.describe() for run in self.runs if not run.result.ok)
+
+
+def run_stage(
+    hooks: HooksFile,
+    stage: str,
+    context: HookContext,
+    *,
+    timeout: float,
+    exit_code: int | None = None,
+    say: Callable[[str], None] | None = None,
+) -> StageRun:
+    """Run the hooks of ``stage`` in file order; ``say`` hears one line per hook.
+
+    A failing hook ends the stage (mig-parted's rule), except in ``apply-exit``, where
+    every hook runs: those are the hooks that put the node back in service. The hooks'
+    output is logged at debug level, and its last lines when a hook fails; the values
+    of their environment are never logged (``envs`` may hold credentials).
+    """
+    runs: list[HookRun] = []
+    for hook in hooks.stage(stage):
+        names = ", ".join(name for name, _ in hook.envs)
+        log.debug("hook %s: envs %s", hook.label, names or "none")
+        if say is not None:
+            say(f"running hook {hook.label}: {shlex.join(hook.argv)}")
+        result = run_command(
+            hook.argv,
+            timeout=timeout,
+            env=hook_environment(hook, context, exit_code=exit_code),
+            cwd=hook.workdir,
+        )
+        run = HookRun(hook, result)
+        runs.append(run)
+        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+            for line in text.splitlines():
+                log.debug("hook %s %s: %s", hook.label, stream, line)
+        if result.ok:
+            log.info("%s (%.1f s)", run.describe(), result.duration)
+            continue
+        log.error("%s", run.describe())
+        if say is not None:
+            say(run.describe())
+        if stage != APPLY_EXIT:
+            break
+    return StageRun(stage, tuple(runs))
