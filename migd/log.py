@@ -23,6 +23,25 @@ class PriorityFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).splitlines())
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record.
+
+    A handler bound to the stream of the moment would keep writing to a stream that
+    was since replaced (and closed) when migd's CLI runs in-process, as tests do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def under_journald() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 
@@ -30,7 +49,7 @@ def under_journald() -> bool:
 def setup_logging(debug: bool = False, priority_prefix: bool | None = None) -> None:
     if priority_prefix is None:
         priority_prefix = under_journald()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if priority_prefix:
         handler.setFormatter(PriorityFormatter("%(message)s"))
     else:
