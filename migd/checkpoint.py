@@ -281,10 +281,10 @@ def loads(text: str, source: str = "<checkpoint>") -> Checkpoint:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([Problem(source, exc.lineno, exc.colno, "", exc.msg)]) from None
+        raise ConfigError.of_file(source, exc.msg, exc.lineno, exc.colno) from None
     reader = _Reader(source)
     if not isinstance(doc, dict):
-        raise ConfigError([Problem(source, None, None, "", "a checkpoint is a JSON object")])
+        raise ConfigError.of_file(source, "a checkpoint is a JSON object")
     if doc.get("version") != VERSION:
         raise ConfigError(
             [
@@ -361,7 +361,7 @@ def read(path: str | Path) -> Checkpoint:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(path), None, None, "", f"cannot read: {exc}")]) from None
+        raise ConfigError.of_file(str(path), f"cannot read: {exc}") from None
     return loads(text, str(path))
 
 

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING
 from yaml.nodes import Node
 
 from migd.config import (
-    _is_null,
-    _read_units,
-    _Reader,
-    _short,
+    YamlReader,
+    is_null,
     read_trusted_file,
+    read_units,
+    read_version,
     read_yaml_document,
 )
 from migd.errors import EXIT_FAILED, MigdError
@@ -100,26 +100,21 @@ def load_clients_file(path: str, *, euid: int | None = None) -> tuple[str, ...]:
     return parse_clients_file(read_trusted_file(path, euid=euid), path)
 
 
-def _read_clients_document(r: _Reader, root: Node | None) -> tuple[str, ...]:
+def _read_clients_document(r: YamlReader, root: Node | None) -> tuple[str, ...]:
     if root is None:
         return ()
     found = r.fields(root, "", "a gpu-clients file", CLIENTS_KEYS)
-    if "version" not in found:
-        r.report(root, "", "version is missing; the file must start with 'version: v1'")
-    else:
-        _, node = found["version"]
-        ok, version = r.attempt(lambda: r.scalar(node, "version"))
-        if ok and version != CLIENTS_VERSION:
-            r.report(
-                node,
-                "version",
-                f"unknown version {_short(str(node.value))!r}; migd reads the GPU "
-                "Operator's gpu-clients format, version: v1",
-            )
-    if "systemd-services" not in found or _is_null(found["systemd-services"][1]):
+    read_version(
+        r,
+        root,
+        found,
+        CLIENTS_VERSION,
+        reads=f"the GPU Operator's gpu-clients format, version: {CLIENTS_VERSION}",
+    )
+    if "systemd-services" not in found or is_null(found["systemd-services"][1]):
         return ()
     _, node = found["systemd-services"]
-    return _read_units(r, node, "systemd-services")
+    return read_units(r, node, "systemd-services")
 
 
 # ---------------------------------------------------------------------------

@@ -289,17 +289,10 @@ def find_selection(
         if name:
             if name not in config.names:
                 available = ", ".join(config.names) or "none"
-                raise ConfigError(
-                    [
-                        Problem(
-                            config.source,
-                            None,
-                            None,
-                            "",
-                            f"selected mig-config not present: {name!r} (from {origin}); "
-                            f"the file defines: {available}",
-                        )
-                    ]
+                raise ConfigError.of_file(
+                    config.source,
+                    f"selected mig-config not present: {name!r} (from {origin}); "
+                    f"the file defines: {available}",
                 )
             return Selection(name, origin)
     if config.selected_config is not None:
@@ -322,7 +315,7 @@ def select_config(config: Config, cli_name: str | None, environ: Mapping[str, st
             f"({', '.join(config.names)}); choose one with -c NAME, "
             "MIGD_SELECTED_CONFIG, or selected-config: in the file"
         )
-    raise ConfigError([Problem(config.source, None, None, "", message)])
+    raise ConfigError.of_file(config.source, message)
 
 
 # ---------------------------------------------------------------------------
@@ -368,14 +361,10 @@ def read_trusted_file(
                 # fstat of the open file: the file checked is the file read.
                 reason = _untrusted_reason(os.fstat(f.fileno()), path, euid)
                 if reason is not None:
-                    raise ConfigError(
-                        [Problem(path, None, None, "", f"refusing this file as root: {reason}")]
-                    )
+                    raise ConfigError.of_file(path, f"refusing this file as root: {reason}")
             return f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(
-            [Problem(path, None, None, "", f"cannot read the file: {exc.strerror or exc}")]
-        ) from None
+        raise ConfigError.of_file(path, f"cannot read the file: {exc.strerror or exc}") from None
 
 
 def ownership_warning(path: str, *, euid: int | None = None) -> str | None:
@@ -408,17 +397,17 @@ def parse_config(data: bytes, source: str) -> Config:
     return read_yaml_document(data, source, lambda r, root: _read_document(r, root, digest))
 
 
-def read_yaml_document(data: bytes, source: str, read: Callable[[_Reader, Node | None], T]) -> T:
+def read_yaml_document(data: bytes, source: str, read: Callable[[YamlReader, Node | None], T]) -> T:
     """Parse YAML bytes safely and hand the root node (None if empty) to ``read``.
 
     Every YAML file migd reads goes through here, so all get the same limits (size,
     depth, aliases), encodings and located messages. ``read`` reports problems on the
-    reader and may raise ``_Invalid`` for a value it cannot use. Raises ConfigError
+    reader and may raise ``InvalidValue`` for a value it cannot use. Raises ConfigError
     listing every problem found (at most ``MAX_PROBLEMS``).
     """
 
     def fail(line: int | None, column: int | None, message: str) -> NoReturn:
-        raise ConfigError([Problem(source, line, column, "", message)])
+        raise ConfigError.of_file(source, message, line, column)
 
     if len(data) > MAX_CONFIG_BYTES:
         fail(
@@ -454,7 +443,7 @@ def read_yaml_document(data: bytes, source: str, read: Callable[[_Reader, Node |
             fail(line, column, f"invalid YAML: the parser stopped here ({exc})")
         if root is not None:
             _check_aliases(root, source)
-        reader = _Reader(source, loader)
+        reader = YamlReader(source, loader)
         ok, value = reader.attempt(lambda: read(reader, root))
     finally:
         if loader is not None:
@@ -486,28 +475,15 @@ def _decode(data: bytes, source: str) -> str:
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise ConfigError(
-                [
-                    Problem(
-                        source,
-                        line,
-                        column,
-                        "",
-                        f"the file is not UTF-8 text (byte 0x{data[exc.start]:02X} cannot "
-                        "start or continue a character here); save it as UTF-8",
-                    )
-                ]
-            ) from None
-    raise ConfigError(
-        [
-            Problem(
+            raise ConfigError.of_file(
                 source,
-                None,
-                None,
-                "",
-                "this is a binary file, not a YAML text file (it contains NUL bytes)",
-            )
-        ]
+                f"the file is not UTF-8 text (byte 0x{data[exc.start]:02X} cannot "
+                "start or continue a character here); save it as UTF-8",
+                line,
+                column,
+            ) from None
+    raise ConfigError.of_file(
+        source, "this is a binary file, not a YAML text file (it contains NUL bytes)"
     )
 
 
@@ -587,46 +563,35 @@ def _check_aliases(root: Node, source: str) -> None:
             if id(child) in on_path:
                 # Aliases are not nodes: the closest position is the node holding one.
                 mark = node.start_mark
-                raise ConfigError(
-                    [
-                        Problem(
-                            source,
-                            mark.line + 1,
-                            mark.column + 1,
-                            "",
-                            "an alias refers to a node that contains it (a recursive alias); "
-                            "migd cannot read an infinite document",
-                        )
-                    ]
+                raise ConfigError.of_file(
+                    source,
+                    "an alias refers to a node that contains it (a recursive alias); "
+                    "migd cannot read an infinite document",
+                    mark.line + 1,
+                    mark.column + 1,
                 )
             if id(child) not in sizes:
                 stack.append((child, False))
     added = sizes[id(root)] - len(sizes)
     if added > MAX_ALIAS_EXPANSION:
-        raise ConfigError(
-            [
-                Problem(
-                    source,
-                    None,
-                    None,
-                    "",
-                    f"aliases (*name) expand this document by {added} nodes; migd refuses "
-                    f"more than {MAX_ALIAS_EXPANSION} (an alias bomb?)",
-                )
-            ]
+        raise ConfigError.of_file(
+            source,
+            f"aliases (*name) expand this document by {added} nodes; migd refuses "
+            f"more than {MAX_ALIAS_EXPANSION} (an alias bomb?)",
         )
 
 
 # ---------------------------------------------------------------------------
-# Walking the node tree
+# Walking the node tree: the pieces every YAML format of migd is read with
+# (this config, mig-parted's hooks file, the GPU Operator's gpu-clients file)
 # ---------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
+class InvalidValue(Exception):
     """A value was invalid and its problems are already recorded; unwind that value."""
 
 
-def _join(path: str, key: str) -> str:
+def join_key(path: str, key: str) -> str:
     """Append a key to a key path, quoting keys that are not plain words.
 
     JSON's quoting escapes newlines too, so a problem always stays on one line.
@@ -642,18 +607,20 @@ def _index(path: str, index: int) -> str:
 
 def _unsupported_tag(node: Node) -> str:
     tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-    return f"the YAML tag {_short(tag)} is not supported here (migd reads plain YAML only)"
+    return f"the YAML tag {shorten(tag)} is not supported here (migd reads plain YAML only)"
 
 
-def _is_null(node: Node) -> bool:
+def is_null(node: Node) -> bool:
+    """Whether a node is YAML's null (``~``, ``null``, or nothing after the colon)."""
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
 
 
-def _short(text: str, limit: int = 60) -> str:
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, so a message stays short."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class _Reader:
+class YamlReader:
     """The state of reading one document: the problems found so far."""
 
     def __init__(self, source: str, loader: _ComposingLoader) -> None:
@@ -667,13 +634,13 @@ class _Reader:
 
     def fail(self, node: Node, path: str, message: str) -> NoReturn:
         self.report(node, path, message)
-        raise _Invalid
+        raise InvalidValue
 
     def attempt(self, parse: Callable[[], object]) -> tuple[bool, object]:
         """Run one value's parse; ``(False, None)`` when it was invalid (already reported)."""
         try:
             return True, parse()
-        except _Invalid:
+        except InvalidValue:
             return False, None
 
     def _construct(self, node: ScalarNode) -> object:
@@ -698,7 +665,7 @@ class _Reader:
         except yaml.MarkedYAMLError as exc:
             self.fail(node, path, f"cannot read this value: {exc.problem}")
         except (yaml.YAMLError, *_PARSER_FAILURES):
-            self.fail(node, path, f"cannot read the value {_short(node.value)!r}")
+            self.fail(node, path, f"cannot read the value {shorten(node.value)!r}")
 
     def describe(self, node: Node) -> str:
         """What a node holds, for messages: 'a list', 'the number 7', …"""
@@ -709,16 +676,16 @@ class _Reader:
         try:
             value = self._construct(node)
         except (yaml.YAMLError, *_PARSER_FAILURES):
-            return repr(_short(node.value))
+            return repr(shorten(node.value))
         if value is None:
             return "nothing (null)"
         if isinstance(value, bool):
             return f"the boolean {node.value}"
         if isinstance(value, (int, float)):
-            return f"the number {_short(node.value)}"
+            return f"the number {shorten(node.value)}"
         if isinstance(value, str):
-            return f"the text {_short(value)!r}"
-        return f"{_short(node.value)!r} (read by YAML as a {type(value).__name__})"
+            return f"the text {shorten(value)!r}"
+        return f"{shorten(node.value)!r} (read by YAML as a {type(value).__name__})"
 
     def text(self, node: Node, path: str, what: str) -> str:
         value = self.scalar(node, path)
@@ -732,6 +699,23 @@ class _Reader:
         if not isinstance(node, SequenceNode):
             self.fail(node, path, f"{expected}, not {self.describe(node)}")
         return list(node.value)
+
+    def each(self, items: Sequence[Node], path: str, read: Callable[[Node, str], T]) -> list[T]:
+        """``read(item, "path[i]")`` for every item of a list, in order.
+
+        Every item is read, so each bad one is reported; then InvalidValue if any was.
+        """
+        values: list[T] = []
+        valid = True
+        for i, item in enumerate(items):
+            item_path = _index(path, i)
+            ok, value = self.attempt(lambda n=item, p=item_path: read(n, p))
+            if ok:
+                values.append(value)  # type: ignore[arg-type]
+            valid = valid and ok
+        if not valid:
+            raise InvalidValue
+        return values
 
     def mapping(self, node: Node, path: str, what: str) -> list[tuple[str, Node, Node]]:
         """The ``(key, key node, value node)`` pairs of a mapping, merges applied.
@@ -760,7 +744,7 @@ class _Reader:
                 first = own[key][0].start_mark.line + 1
                 self.report(
                     key_node,
-                    _join(path, key),
+                    join_key(path, key),
                     f"duplicate key {key!r} (already set on line {first}); "
                     "YAML would silently keep only the last one",
                 )
@@ -797,10 +781,35 @@ class _Reader:
             hint = f"did you mean {close[0]!r}? " if close else ""
             self.report(
                 key_node,
-                _join(path, key),
-                f"unknown key {_short(key)!r} in {what}; {hint}allowed keys: {', '.join(allowed)}",
+                join_key(path, key),
+                f"unknown key {shorten(key)!r} in {what}; {hint}allowed keys: {', '.join(allowed)}",
             )
         return found
+
+
+def read_version(
+    r: YamlReader,
+    root: Node,
+    found: Mapping[str, tuple[Node, Node]],
+    expected: str,
+    *,
+    reads: str,
+) -> None:
+    """Check the ``version:`` of a document whose top-level keys ``r.fields`` found.
+
+    ``reads`` completes "migd reads …" in the message for another version.
+    """
+    if "version" not in found:
+        r.report(root, "", f"version is missing; the file must start with 'version: {expected}'")
+        return
+    _, node = found["version"]
+    ok, version = r.attempt(lambda: r.scalar(node, "version"))
+    if ok and version != expected:
+        r.report(
+            node,
+            "version",
+            f"unknown version {shorten(str(node.value))!r}; migd reads {reads}",
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -811,8 +820,8 @@ TOP_LEVEL_KEYS = ("version", "mig-configs", "selected-config", "settings")
 ENTRY_KEYS = ("devices", "device-filter", "mig-enabled", "mig-devices")
 
 
-def _read_document(r: _Reader, root: Node | None, digest: str) -> Config:
-    if root is None or _is_null(root):  # empty, only comments, or null: valid, as upstream
+def _read_document(r: YamlReader, root: Node | None, digest: str) -> Config:
+    if root is None or is_null(root):  # empty, only comments, or null: valid, as upstream
         return Config(r.source, (), None, Settings(), digest)
     r.check_tag(root, "")
     if not isinstance(root, MappingNode):
@@ -823,19 +832,9 @@ def _read_document(r: _Reader, root: Node | None, digest: str) -> Config:
             f"'mig-configs:', not {r.describe(root)}",
         )
     found = r.fields(root, "", "the top level", TOP_LEVEL_KEYS)
-
-    if "version" not in found:
-        r.report(root, "", "version is missing; the file must start with 'version: v1'")
-    else:
-        _, node = found["version"]
-        ok, version = r.attempt(lambda: r.scalar(node, "version"))
-        if ok and version != CONFIG_VERSION:
-            r.report(
-                node,
-                "version",
-                f"unknown version {_short(str(node.value))!r}; migd reads version: v1 "
-                "(mig-parted's format)",
-            )
+    read_version(
+        r, root, found, CONFIG_VERSION, reads=f"version: {CONFIG_VERSION} (mig-parted's format)"
+    )
 
     mig_configs: tuple[tuple[str, tuple[ConfigEntry, ...]], ...] = ()
     configs_ok = True
@@ -855,7 +854,7 @@ def _read_document(r: _Reader, root: Node | None, digest: str) -> Config:
                 r.report(
                     node,
                     "selected-config",
-                    f"selected mig-config not present: {_short(selected)!r}; the file "
+                    f"selected mig-config not present: {shorten(selected)!r}; the file "
                     f"defines: {', '.join(names) or 'no mig-configs'}",
                 )
 
@@ -871,15 +870,15 @@ def _read_document(r: _Reader, root: Node | None, digest: str) -> Config:
 
 
 def _read_mig_configs(
-    r: _Reader, node: Node, path: str
+    r: YamlReader, node: Node, path: str
 ) -> tuple[tuple[str, tuple[ConfigEntry, ...]], ...]:
-    pairs = [] if _is_null(node) else r.mapping(node, path, "mig-configs")
+    pairs = [] if is_null(node) else r.mapping(node, path, "mig-configs")
     if not pairs:
         r.fail(node, path, "mig-configs is empty; define at least one named config")
     configs: list[tuple[str, tuple[ConfigEntry, ...]]] = []
     valid = True
     for name, key_node, value_node in pairs:
-        config_path = _join(path, name)
+        config_path = join_key(path, name)
         if not name:
             r.report(key_node, config_path, "a config name cannot be empty")
             valid = False
@@ -889,12 +888,12 @@ def _read_mig_configs(
             configs.append((name, entries))  # type: ignore[arg-type]
         valid = valid and ok
     if not valid:
-        raise _Invalid
+        raise InvalidValue
     return tuple(configs)
 
 
-def _read_entries(r: _Reader, node: Node, path: str) -> tuple[ConfigEntry, ...]:
-    if _is_null(node):
+def _read_entries(r: YamlReader, node: Node, path: str) -> tuple[ConfigEntry, ...]:
+    if is_null(node):
         r.fail(node, path, "this config has no entries; it needs at least one '- devices: …'")
     items = r.sequence(
         node,
@@ -903,28 +902,18 @@ def _read_entries(r: _Reader, node: Node, path: str) -> tuple[ConfigEntry, ...]:
     )
     if not items:
         r.fail(node, path, "this config has no entries; it needs at least one '- devices: …'")
-    entries: list[ConfigEntry] = []
-    valid = True
-    for i, item in enumerate(items):
-        item_path = _index(path, i)
-        ok, entry = r.attempt(lambda n=item, p=item_path: _read_entry(r, n, p))
-        if ok:
-            entries.append(entry)  # type: ignore[arg-type]
-        valid = valid and ok
-    if not valid:
-        raise _Invalid
-    return tuple(entries)
+    return tuple(r.each(items, path, lambda n, p: _read_entry(r, n, p)))
 
 
-def _read_entry(r: _Reader, node: Node, path: str) -> ConfigEntry:
-    if _is_null(node):
+def _read_entry(r: YamlReader, node: Node, path: str) -> ConfigEntry:
+    if is_null(node):
         r.fail(node, path, "this entry is empty; it needs devices: and mig-enabled:")
     before = len(r.problems)
     found = r.fields(node, path, "an entry", ENTRY_KEYS)
 
-    def value_of(key: str, parse: Callable[[_Reader, Node, str], object]) -> object:
+    def value_of(key: str, parse: Callable[[YamlReader, Node, str], object]) -> object:
         _, value_node = found[key]
-        ok, value = r.attempt(lambda: parse(r, value_node, _join(path, key)))
+        ok, value = r.attempt(lambda: parse(r, value_node, join_key(path, key)))
         return value if ok else None
 
     devices: object = None
@@ -949,7 +938,7 @@ def _read_entry(r: _Reader, node: Node, path: str) -> ConfigEntry:
         enabled = value_of("mig-enabled", _read_bool)
 
     mig_devices: object = None  # None: absent or null, as in mig-parted
-    if "mig-devices" in found and not _is_null(found["mig-devices"][1]):
+    if "mig-devices" in found and not is_null(found["mig-devices"][1]):
         mig_devices = value_of("mig-devices", _read_mig_devices)
 
     if enabled is True and mig_devices is None and "mig-devices" not in found:
@@ -959,23 +948,23 @@ def _read_entry(r: _Reader, node: Node, path: str) -> ConfigEntry:
             "mig-enabled is true but mig-devices is missing; list the instances, or "
             "write 'mig-devices: {}' for MIG mode with no instances",
         )
-    elif enabled is True and "mig-devices" in found and _is_null(found["mig-devices"][1]):
+    elif enabled is True and "mig-devices" in found and is_null(found["mig-devices"][1]):
         r.report(
             found["mig-devices"][1],
-            _join(path, "mig-devices"),
+            join_key(path, "mig-devices"),
             "mig-devices is empty (null) while mig-enabled is true; list the instances, "
             "or write 'mig-devices: {}' for MIG mode with no instances",
         )
     elif enabled is False and mig_devices:
         r.report(
             found["mig-devices"][0],
-            _join(path, "mig-devices"),
+            join_key(path, "mig-devices"),
             "mig-devices are listed while mig-enabled is false; remove them or set "
             "mig-enabled: true",
         )
 
     if len(r.problems) > before:
-        raise _Invalid
+        raise InvalidValue
     assert isinstance(enabled, bool)
     return ConfigEntry(
         devices=devices,  # type: ignore[arg-type]
@@ -987,21 +976,21 @@ def _read_entry(r: _Reader, node: Node, path: str) -> ConfigEntry:
     )
 
 
-def _read_bool(r: _Reader, node: Node, path: str) -> bool:
+def _read_bool(r: YamlReader, node: Node, path: str) -> bool:
     value = r.scalar(node, path)
     if not isinstance(value, bool):
         r.fail(node, path, f"must be true or false (no quotes), not {r.describe(node)}")
     return value
 
 
-def _read_count(r: _Reader, node: Node, path: str, what: str) -> int:
+def _read_count(r: YamlReader, node: Node, path: str, what: str) -> int:
     value = r.scalar(node, path)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         r.fail(node, path, f"{what} must be a whole number ≥ 0, not {r.describe(node)}")
     return value
 
 
-def _read_devices(r: _Reader, node: Node, path: str) -> str | tuple[int, ...]:
+def _read_devices(r: YamlReader, node: Node, path: str) -> str | tuple[int, ...]:
     if isinstance(node, ScalarNode):
         value = r.scalar(node, path)
         if value == "all":
@@ -1011,7 +1000,7 @@ def _read_devices(r: _Reader, node: Node, path: str) -> str | tuple[int, ...]:
                 node,
                 path,
                 f"devices must be 'all' or a list, even for one GPU: "
-                f"write devices: [{_short(node.value)}]",
+                f"write devices: [{shorten(node.value)}]",
             )
         r.fail(
             node,
@@ -1020,47 +1009,27 @@ def _read_devices(r: _Reader, node: Node, path: str) -> str | tuple[int, ...]:
             f"not {r.describe(node)}",
         )
     items = r.sequence(node, path, "devices must be 'all' or a list of GPU indices such as [0, 1]")
-    indices: list[int] = []
-    valid = True
-    for i, item in enumerate(items):
-        item_path = _index(path, i)
-        ok, index = r.attempt(lambda n=item, p=item_path: _read_count(r, n, p, "a GPU index"))
-        if ok:
-            indices.append(index)  # type: ignore[arg-type]
-        valid = valid and ok
-    if not valid:
-        raise _Invalid
-    return tuple(indices)
+    return tuple(r.each(items, path, lambda n, p: _read_count(r, n, p, "a GPU index")))
 
 
-def _read_device_filters(r: _Reader, node: Node, path: str) -> tuple[DeviceFilter, ...]:
+def _read_device_filters(r: YamlReader, node: Node, path: str) -> tuple[DeviceFilter, ...]:
     if isinstance(node, ScalarNode):
-        if _is_null(node) or r.scalar(node, path) == "":
+        if is_null(node) or r.scalar(node, path) == "":
             return ()  # mig-parted: an empty filter matches every GPU
         return (_read_device_filter(r, node, path),)
     items = r.sequence(
         node, path, 'device-filter must be a PCI id such as "0x233510DE" or a list of them'
     )
-    filters: list[DeviceFilter] = []
-    valid = True
-    for i, item in enumerate(items):
-        item_path = _index(path, i)
-        ok, f = r.attempt(lambda n=item, p=item_path: _read_device_filter(r, n, p))
-        if ok:
-            filters.append(f)  # type: ignore[arg-type]
-        valid = valid and ok
-    if not valid:
-        raise _Invalid
-    return tuple(filters)
+    return tuple(r.each(items, path, lambda n, p: _read_device_filter(r, n, p)))
 
 
-def _read_device_filter(r: _Reader, node: Node, path: str) -> DeviceFilter:
+def _read_device_filter(r: YamlReader, node: Node, path: str) -> DeviceFilter:
     value = r.scalar(node, path)
     if isinstance(value, int) and not isinstance(value, bool) and isinstance(node, ScalarNode):
         r.fail(
             node,
             path,
-            f'write the PCI id in quotes: "{_short(node.value)}" (unquoted, YAML reads '
+            f'write the PCI id in quotes: "{shorten(node.value)}" (unquoted, YAML reads '
             "it as a number)",
         )
     text = r.text(node, path, "a device-filter")
@@ -1070,12 +1039,12 @@ def _read_device_filter(r: _Reader, node: Node, path: str) -> DeviceFilter:
         r.fail(node, path, str(exc))
 
 
-def _read_mig_devices(r: _Reader, node: Node, path: str) -> tuple[tuple[str, int], ...]:
+def _read_mig_devices(r: YamlReader, node: Node, path: str) -> tuple[tuple[str, int], ...]:
     pairs = r.mapping(node, path, "mig-devices (profile: count)")
     counts: list[tuple[str, int]] = []
     valid = True
     for name, key_node, value_node in pairs:
-        entry_path = _join(path, name)
+        entry_path = join_key(path, name)
         try:
             ProfileName.parse(name)
         except ProfileNameError as exc:
@@ -1088,7 +1057,7 @@ def _read_mig_devices(r: _Reader, node: Node, path: str) -> tuple[tuple[str, int
             counts.append((name, count))  # type: ignore[arg-type]
         valid = valid and ok
     if not valid:
-        raise _Invalid
+        raise InvalidValue
     if counts and not any(count for _, count in counts):
         r.fail(
             node,
@@ -1103,7 +1072,7 @@ def _read_mig_devices(r: _Reader, node: Node, path: str) -> tuple[tuple[str, int
 # settings:
 # ---------------------------------------------------------------------------
 
-_Parse = Callable[[_Reader, Node, str], object]
+_Parse = Callable[[YamlReader, Node, str], object]
 
 
 @dataclass(frozen=True)
@@ -1120,7 +1089,7 @@ class _Field:
 
 
 def _record(
-    r: _Reader,
+    r: YamlReader,
     node: Node,
     path: str,
     *,
@@ -1130,7 +1099,7 @@ def _record(
     required: Sequence[str] = (),
 ) -> object:
     """Read a settings mapping into the frozen dataclass ``cls`` (null = all defaults)."""
-    if _is_null(node):
+    if is_null(node):
         if required:
             r.fail(node, path, f"{what} needs {' and '.join(required)}")
         return cls()
@@ -1139,18 +1108,18 @@ def _record(
     valid = True
     for key, (_, value_node) in found.items():
         spec = fields[key]
-        if spec.null_means_default and _is_null(value_node):
+        if spec.null_means_default and is_null(value_node):
             continue
-        ok, value = r.attempt(lambda s=spec, n=value_node, k=key: s.parse(r, n, _join(path, k)))
+        ok, value = r.attempt(lambda s=spec, n=value_node, k=key: s.parse(r, n, join_key(path, k)))
         if ok:
             kwargs[spec.attr] = value
         valid = valid and ok
-    missing = [key for key in required if key not in found or _is_null(found[key][1])]
+    missing = [key for key in required if key not in found or is_null(found[key][1])]
     if missing:
         r.report(node, path, f"{what} needs {' and '.join(missing)}")
         valid = False
     if not valid:
-        raise _Invalid
+        raise InvalidValue
     return cls(**kwargs)
 
 
@@ -1163,7 +1132,7 @@ def _record_parser(
 
 
 def _choice_parser(*options: str) -> _Parse:
-    def parse(r: _Reader, node: Node, path: str) -> str:
+    def parse(r: YamlReader, node: Node, path: str) -> str:
         value = r.scalar(node, path)
         if value not in options:
             text = node.value if isinstance(node, ScalarNode) else ""
@@ -1184,7 +1153,7 @@ _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration_parser(*, zero_allowed: bool) -> _Parse:
-    def parse(r: _Reader, node: Node, path: str) -> float:
+    def parse(r: YamlReader, node: Node, path: str) -> float:
         value = r.scalar(node, path)
         seconds: float | None = None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -1211,13 +1180,14 @@ def _duration_parser(*, zero_allowed: bool) -> _Parse:
     return parse
 
 
-def _read_path(r: _Reader, node: Node, path: str) -> str:
+def read_path(r: YamlReader, node: Node, path: str) -> str:
+    """An absolute file path (settings files, a hook's workdir)."""
     text = r.text(node, path, "a file path")
     if not text.startswith("/") or "\x00" in text:
         r.fail(
             node,
             path,
-            f"must be an absolute path (starting with /), not {_short(text)!r}; the daemon "
+            f"must be an absolute path (starting with /), not {shorten(text)!r}; the daemon "
             "runs from /, so a relative path would not mean what it says",
         )
     return text
@@ -1226,7 +1196,7 @@ def _read_path(r: _Reader, node: Node, path: str) -> str:
 def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
     """A command as an argv list; ``placeholders`` (when given) are the ``{names}`` it may use."""
 
-    def parse(r: _Reader, node: Node, path: str) -> tuple[str, ...]:
+    def parse(r: YamlReader, node: Node, path: str) -> tuple[str, ...]:
         if isinstance(node, ScalarNode) and isinstance(r.scalar(node, path), str):
             r.fail(
                 node,
@@ -1237,16 +1207,7 @@ def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
         items = r.sequence(node, path, 'must be a list of arguments such as ["nvidia-smi", "-r"]')
         if not items:
             r.fail(node, path, "the command is empty; it needs at least the program to run")
-        argv: list[str] = []
-        valid = True
-        for i, item in enumerate(items):
-            item_path = _index(path, i)
-            ok, arg = r.attempt(lambda n=item, p=item_path: _read_argument(r, n, p, placeholders))
-            if ok:
-                argv.append(arg)  # type: ignore[arg-type]
-            valid = valid and ok
-        if not valid:
-            raise _Invalid
+        argv = r.each(items, path, lambda n, p: _read_argument(r, n, p, placeholders))
         if not argv[0]:
             r.fail(items[0], _index(path, 0), "the program name is empty")
         return tuple(argv)
@@ -1254,7 +1215,9 @@ def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
     return parse
 
 
-def _read_argument(r: _Reader, node: Node, path: str, placeholders: frozenset[str] | None) -> str:
+def _read_argument(
+    r: YamlReader, node: Node, path: str, placeholders: frozenset[str] | None
+) -> str:
     value = r.scalar(node, path)
     if not isinstance(value, str):
         hint = f' (quote it: "{node.value}")' if isinstance(node, ScalarNode) else ""
@@ -1265,7 +1228,7 @@ def _read_argument(r: _Reader, node: Node, path: str, placeholders: frozenset[st
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
         except ValueError:
-            r.fail(node, path, f"unbalanced braces in {_short(value)!r}; write {{{{ for {{")
+            r.fail(node, path, f"unbalanced braces in {shorten(value)!r}; write {{{{ for {{")
         unknown = sorted(names - placeholders)
         if unknown:
             known = ", ".join("{" + p + "}" for p in sorted(placeholders))
@@ -1276,26 +1239,19 @@ def _read_argument(r: _Reader, node: Node, path: str, placeholders: frozenset[st
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$")
 
 
-def _read_units(r: _Reader, node: Node, path: str) -> tuple[str, ...]:
+def read_units(r: YamlReader, node: Node, path: str) -> tuple[str, ...]:
+    """A list of systemd unit names (settings.gpu-clients, the gpu-clients file)."""
     items = r.sequence(node, path, "must be a list of systemd unit names such as [kubelet.service]")
-    units: list[str] = []
-    valid = True
-    for i, item in enumerate(items):
-        item_path = _index(path, i)
-        ok, unit = r.attempt(lambda n=item, p=item_path: r.text(n, p, "a unit name"))
-        if ok and not _UNIT_RE.match(str(unit)):
-            r.report(
-                item,
-                item_path,
-                f"{_short(str(unit))!r} is not a systemd unit name (such as kubelet.service)",
-            )
-            ok = False
-        if ok:
-            units.append(str(unit))
-        valid = valid and ok
-    if not valid:
-        raise _Invalid
-    return tuple(units)
+    return tuple(r.each(items, path, lambda n, p: _read_unit(r, n, p)))
+
+
+def _read_unit(r: YamlReader, node: Node, path: str) -> str:
+    unit = r.text(node, path, "a unit name")
+    if not _UNIT_RE.match(unit):
+        r.fail(
+            node, path, f"{shorten(unit)!r} is not a systemd unit name (such as kubelet.service)"
+        )
+    return unit
 
 
 def split_listen_address(address: str) -> tuple[str, int]:
@@ -1326,8 +1282,8 @@ def split_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _read_listen_address(r: _Reader, node: Node, path: str) -> str | None:
-    if _is_null(node):
+def _read_listen_address(r: YamlReader, node: Node, path: str) -> str | None:
+    if is_null(node):
         return None
     text = r.text(node, path, "the metrics address")
     if text == "":
@@ -1343,19 +1299,19 @@ _read_tls = _record_parser(
     "metrics.tls",
     TlsSettings,
     {
-        "cert-file": _Field("cert_file", _read_path),
-        "key-file": _Field("key_file", _read_path),
-        "client-ca-file": _Field("client_ca_file", _read_path),
+        "cert-file": _Field("cert_file", read_path),
+        "key-file": _Field("key_file", read_path),
+        "client-ca-file": _Field("client_ca_file", read_path),
     },
     required=("cert-file", "key-file"),
 )
 
 
-def _read_optional_tls(r: _Reader, node: Node, path: str) -> TlsSettings | None:
-    return None if _is_null(node) else _read_tls(r, node, path)  # type: ignore[return-value]
+def _read_optional_tls(r: YamlReader, node: Node, path: str) -> TlsSettings | None:
+    return None if is_null(node) else _read_tls(r, node, path)  # type: ignore[return-value]
 
 
-def _read_retry(r: _Reader, node: Node, path: str) -> RetrySettings:
+def _read_retry(r: YamlReader, node: Node, path: str) -> RetrySettings:
     retry = _record(
         r,
         node,
@@ -1404,13 +1360,13 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
     "retry": _Field("retry", _read_retry),
     "reset-command": _Field("reset_command", _argv_parser(RESET_COMMAND_PLACEHOLDERS)),
     "command-timeout": _Field("command_timeout", _duration_parser(zero_allowed=False)),
-    "hooks-file": _Field("hooks_file", _read_path),
+    "hooks-file": _Field("hooks_file", read_path),
     "gpu-clients": _Field(
         "gpu_clients",
         _record_parser(
             "gpu-clients",
             GpuClientsSettings,
-            {"units": _Field("units", _read_units), "file": _Field("file", _read_path)},
+            {"units": _Field("units", read_units), "file": _Field("file", read_path)},
         ),
     ),
     "device-plugin": _Field(
@@ -1420,19 +1376,19 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
             DevicePluginSettings,
             {
                 "strategy": _Field("strategy", _choice_parser("none", "single", "mixed")),
-                "units": _Field("units", _read_units),
+                "units": _Field("units", read_units),
             },
         ),
     ),
     "cdi-refresh-command": _Field("cdi_refresh_command", _argv_parser(None)),
     "mig-caps-command": _Field("mig_caps_command", _argv_parser(None)),
-    "nfd": _Field("nfd", _record_parser("nfd", NfdSettings, {"path": _Field("path", _read_path)})),
+    "nfd": _Field("nfd", _record_parser("nfd", NfdSettings, {"path": _Field("path", read_path)})),
 }
 
 SETTINGS_KEYS = tuple(_SETTINGS_FIELDS)
 
 
-def _read_settings(r: _Reader, node: Node, path: str) -> Settings:
+def _read_settings(r: YamlReader, node: Node, path: str) -> Settings:
     settings = _record(r, node, path, what="settings", cls=Settings, fields=_SETTINGS_FIELDS)
     assert isinstance(settings, Settings)
     return settings

@@ -48,14 +48,8 @@ from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, Invalid
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.notify import Notifier, SystemdStatus
 from migd.nvml import NvmlAdapter
-from migd.planner import layout_matches
-from migd.reconcile import (
-    GpuOutcome,
-    ReconcileOptions,
-    ReconcileResult,
-    describe_current,
-    format_result,
-)
+from migd.planner import describe_current, layout_matches
+from migd.reconcile import GpuOutcome, ReconcileOptions, ReconcileResult, format_result
 from migd.runtime import ReloadAnswer, RuntimeDir, StateFile
 from migd.selection import describe, desired_layouts
 from migd.status import DaemonObserver, DaemonView, GpuView, Phase, Trigger
@@ -345,6 +339,9 @@ class Daemon:
 
         # What the node looked like at the last look, and how the last reconcile went.
         self._result: ReconcileResult | None = None
+        # The config (name, file digest) that result was reached for: after a reconcile
+        # under another config raised, the result says nothing about the config in force.
+        self._result_config: tuple[str, str] | None = None
         self._snapshot: NodeSnapshot | None = None
         self._desired: tuple[DesiredGpu, ...] = ()
         self._drift: tuple[Drift, ...] = ()
@@ -619,6 +616,7 @@ class Daemon:
 
     def _succeeded(self, job: ReconcileJob, result: ReconcileResult) -> None:
         self._result = result
+        self._result_config = (job.loaded.name, job.loaded.config.digest)
         self._snapshot = result.snapshot
         self._desired = result.desired
         self._drift = ()
@@ -718,8 +716,14 @@ class Daemon:
         if self._result is None:
             return ()
         drifted = {d.index: d.text for d in self._drift}
+        loaded = self._loaded
+        stale = loaded is not None and self._result_config != (loaded.name, loaded.config.digest)
         views = []
         for gpu in self._result.gpus:
+            if stale:
+                # Not reconciled against the config in force (its reconcile raised).
+                views.append(GpuView(gpu.index, False, GpuOutcome.FAILED.value, self._failure))
+                continue
             drift = drifted.get(gpu.index)
             views.append(
                 GpuView(
@@ -755,7 +759,7 @@ class Daemon:
         wanted = {d.index for d in self._desired}
         covered = [v for v in gpus if v.index in wanted]
         for view in covered:
-            if not view.in_sync:
+            if not view.in_sync and view.reason != self._failure:  # said once, above
                 problems.append(f"GPU {view.index} {view.outcome.replace('_', ' ')}: {view.reason}")
         if self._loaded is None:
             return Phase.DEGRADED, "degraded: " + "; ".join(problems)

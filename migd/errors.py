@@ -50,6 +50,13 @@ class ConfigError(MigdError):
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    @classmethod
+    def of_file(
+        cls, file: str, message: str, line: int | None = None, column: int | None = None
+    ) -> ConfigError:
+        """One problem with the document as a whole (no key path), where known at a position."""
+        return cls([Problem(file, line, column, "", message)])
+
 
 class InvalidRequest(MigdError):
     """A request that cannot be honoured on this node (unknown profile, missing GPU, …).

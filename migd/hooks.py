@@ -60,14 +60,15 @@ from yaml.nodes import Node, ScalarNode
 # The config's YAML reader: the same limits, positions and alias checks for every file
 # format migd reads (STYLE.md: each format parsed in one place, YAML read one way).
 from migd.config import (
-    _Invalid,
-    _is_null,
-    _join,
-    _read_path,
-    _Reader,
-    _short,
+    InvalidValue,
+    YamlReader,
+    is_null,
+    join_key,
+    read_path,
     read_trusted_file,
+    read_version,
     read_yaml_document,
+    shorten,
 )
 
 log = logging.getLogger("migd.hooks")
@@ -147,7 +148,7 @@ def _failure(returncode: int, stderr: str, stdout: str) -> str:
     else:
         text = f"exited with status {returncode}"
     lines = (stderr.strip() or stdout.strip()).splitlines()
-    return f"{text}: {_short(lines[-1], 200)}" if lines else text
+    return f"{text}: {shorten(lines[-1], 200)}" if lines else text
 
 
 def run_command(
@@ -266,36 +267,27 @@ def load_hooks(path: str, *, euid: int | None = None) -> HooksFile:
     return parse_hooks(read_trusted_file(path, euid=euid), path)
 
 
-def _read_hooks_document(r: _Reader, root: Node | None) -> HooksFile:
+def _read_hooks_document(r: YamlReader, root: Node | None) -> HooksFile:
     if root is None:  # empty, or only comments: no hooks
         return HooksFile(r.source)
     found = r.fields(root, "", "a hooks file", ("version", "hooks"))
-    if "version" not in found:
-        r.report(root, "", "version is missing; the file must start with 'version: v1'")
-    else:
-        _, node = found["version"]
-        ok, version = r.attempt(lambda: r.scalar(node, "version"))
-        if ok and version != HOOKS_VERSION:
-            r.report(
-                node,
-                "version",
-                f"unknown version {_short(str(node.value))!r}; migd reads version: v1 "
-                "(mig-parted's hooks format)",
-            )
+    read_version(
+        r, root, found, HOOKS_VERSION, reads=f"version: {HOOKS_VERSION} (mig-parted's hooks format)"
+    )
     hooks: list[Hook] = []
-    if "hooks" in found and not _is_null(found["hooks"][1]):
+    if "hooks" in found and not is_null(found["hooks"][1]):
         _, node = found["hooks"]
         for stage, key_node, value_node in r.mapping(node, "hooks", "hooks"):
-            path = _join("hooks", stage)
+            path = join_key("hooks", stage)
             if stage not in STAGES:
                 r.report(
                     key_node,
                     path,
-                    f"unknown hook {_short(stage)!r}; mig-parted's hooks are "
+                    f"unknown hook {shorten(stage)!r}; mig-parted's hooks are "
                     f"{', '.join(STAGES)} (mig-parted would silently never run it)",
                 )
                 continue
-            if not _is_null(value_node):
+            if not is_null(value_node):
                 ok, stage_hooks = r.attempt(
                     lambda n=value_node, p=path, s=stage: _read_stage(r, n, p, s)
                 )
@@ -305,7 +297,7 @@ def _read_hooks_document(r: _Reader, root: Node | None) -> HooksFile:
     return HooksFile(r.source, tuple(hooks))
 
 
-def _read_stage(r: _Reader, node: Node, path: str, stage: str) -> list[Hook]:
+def _read_stage(r: YamlReader, node: Node, path: str, stage: str) -> list[Hook]:
     hooks: list[Hook] = []
     expected = f"the {stage} hooks must be a list of hooks (- command: …)"
     for i, item in enumerate(r.sequence(node, path, expected)):
@@ -315,43 +307,43 @@ def _read_stage(r: _Reader, node: Node, path: str, stage: str) -> list[Hook]:
     return hooks
 
 
-def _read_hook(r: _Reader, node: Node, path: str, stage: str, position: int) -> Hook:
+def _read_hook(r: YamlReader, node: Node, path: str, stage: str, position: int) -> Hook:
     found = r.fields(node, path, "a hook", HOOK_KEYS)
     before = len(r.problems)
-    if "command" not in found or _is_null(found["command"][1]):
+    if "command" not in found or is_null(found["command"][1]):
         r.fail(node, path, "this hook has no command:; name the program to run")
-    command = r.text(found["command"][1], _join(path, "command"), "command")
+    command = r.text(found["command"][1], join_key(path, "command"), "command")
     if not command or "\x00" in command:
-        r.report(found["command"][1], _join(path, "command"), "the command is empty")
+        r.report(found["command"][1], join_key(path, "command"), "the command is empty")
     args: list[str] = []
-    if "args" in found and not _is_null(found["args"][1]):
-        args_path = _join(path, "args")
+    if "args" in found and not is_null(found["args"][1]):
+        args_path = join_key(path, "args")
         for i, item in enumerate(r.sequence(found["args"][1], args_path, "args")):
             ok, arg = r.attempt(lambda n=item, p=f"{args_path}[{i}]": _read_arg(r, n, p))
             if ok:
                 args.append(str(arg))
     envs: list[tuple[str, str]] = []
-    if "envs" in found and not _is_null(found["envs"][1]):
-        envs_path = _join(path, "envs")
+    if "envs" in found and not is_null(found["envs"][1]):
+        envs_path = join_key(path, "envs")
         for name, key_node, value_node in r.mapping(found["envs"][1], envs_path, "envs"):
             if not _ENV_NAME_RE.match(name):
                 r.report(
                     key_node,
-                    _join(envs_path, name),
-                    f"{_short(name)!r} is not an environment variable name "
+                    join_key(envs_path, name),
+                    f"{shorten(name)!r} is not an environment variable name "
                     "(letters, digits and _, not starting with a digit)",
                 )
                 continue
-            value_path = _join(envs_path, name)
+            value_path = join_key(envs_path, name)
             ok, value = r.attempt(lambda n=value_node, p=value_path: _read_arg(r, n, p))
             if ok:
                 envs.append((name, str(value)))
     workdir: str | None = None
-    if "workdir" in found and not _is_null(found["workdir"][1]):
-        ok, value = r.attempt(lambda: _read_path(r, found["workdir"][1], _join(path, "workdir")))
+    if "workdir" in found and not is_null(found["workdir"][1]):
+        ok, value = r.attempt(lambda: read_path(r, found["workdir"][1], join_key(path, "workdir")))
         workdir = str(value) if ok else None
     if len(r.problems) > before:
-        raise _Invalid
+        raise InvalidValue
     return Hook(
         stage=stage,
         position=position,
@@ -363,7 +355,7 @@ def _read_hook(r: _Reader, node: Node, path: str, stage: str, position: int) -> 
     )
 
 
-def _read_arg(r: _Reader, node: Node, path: str) -> str:
+def _read_arg(r: YamlReader, node: Node, path: str) -> str:
     value = r.scalar(node, path)
     if not isinstance(value, str):
         # mig-parted (Go, strings only) refuses numbers and booleans here too.
@@ -439,7 +431,7 @@ class HookRun:
     def describe(self) -> str:
         """``hook apply-start[0] (/bin/false): exited with status 1``, or ``… ok``."""
         outcome = "ok" if self.result.ok else self.result.error
-        return f"hook {self.hook.label} ({_short(self.result.command_line, 80)}): {outcome}"
+        return f"hook {self.hook.label} ({shorten(self.result.command_line, 80)}): {outcome}"
 
 
 @dataclass(frozen=True)

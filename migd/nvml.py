@@ -241,6 +241,42 @@ class NvmlAdapter:
                     self._on_error(operation, name)
                 raise NvmlError(operation, code, name, text) from None
 
+    def _list(self, operation: str, fn: Callable[..., Any], item: Any, *args: Any) -> list[Any]:
+        """The items an NVML list call returns: ``fn(*args, array, &count)``.
+
+        ``array`` holds ``_LIST_BUFFER`` ``item`` structs whatever the driver's count says.
+        """
+        buf = (item * _LIST_BUFFER)()
+        count = ctypes.c_uint(_LIST_BUFFER)
+        self._call(operation, fn, *args, buf, ctypes.byref(count))
+        return buf[: count.value]
+
+    def _profile_infos(
+        self, operation: str, fn: Callable[..., Any], handle: Any, *args: Any
+    ) -> Iterator[tuple[int, Any]]:
+        """``(index, fn(handle, index, *args))`` for profile indices from 0 on.
+
+        The driver ends the table with INVALID_ARGUMENT and answers NOT_SUPPORTED for
+        an index this GPU (or GI) lacks, which is skipped.
+        """
+        for index in range(_MAX_PROFILE_INDEX):
+            try:
+                info = self._call(
+                    operation,
+                    fn,
+                    handle,
+                    index,
+                    *args,
+                    expected=("INVALID_ARGUMENT", "NOT_SUPPORTED"),
+                )
+            except NvmlError as exc:
+                if exc.name == "INVALID_ARGUMENT":
+                    return
+                if exc.name == "NOT_SUPPORTED":
+                    continue
+                raise
+            yield index, info
+
     def _mutating(self, operation: str) -> None:
         if self.read_only:
             raise ReadOnlyError(f"{operation}: the NVML adapter was opened read-only")
@@ -363,34 +399,21 @@ class NvmlAdapter:
         """GI profiles from index 0 until INVALID_ARGUMENT, skipping NOT_SUPPORTED ones."""
         profiles: list[GiProfile] = []
         seen: set[int] = set()
-        for index in range(_MAX_PROFILE_INDEX):
-            try:
-                info = self._call(
-                    "nvmlDeviceGetGpuInstanceProfileInfo",
-                    pynvml.nvmlDeviceGetGpuInstanceProfileInfo,
-                    dev,
-                    index,
-                    2,
-                    expected=("INVALID_ARGUMENT", "NOT_SUPPORTED"),
-                )
-            except NvmlError as exc:
-                if exc.name == "INVALID_ARGUMENT":
-                    break
-                if exc.name == "NOT_SUPPORTED":
-                    continue
-                raise
+        for index, info in self._profile_infos(
+            "nvmlDeviceGetGpuInstanceProfileInfo",
+            pynvml.nvmlDeviceGetGpuInstanceProfileInfo,
+            dev,
+            2,
+        ):
             if info.id in seen:
                 continue
             seen.add(info.id)
-            buf = (pynvml.c_nvmlGpuInstancePlacement_t * _LIST_BUFFER)()
-            count = ctypes.c_uint(_LIST_BUFFER)
-            self._call(
+            placements = self._list(
                 "nvmlDeviceGetGpuInstancePossiblePlacements",
                 pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+                pynvml.c_nvmlGpuInstancePlacement_t,
                 dev,
                 info.id,
-                buf,
-                ctypes.byref(count),
             )
             profiles.append(
                 GiProfile(
@@ -401,9 +424,7 @@ class NvmlAdapter:
                     instance_count=int(info.instanceCount),
                     memory_mb=int(info.memorySizeMB),
                     multiprocessor_count=int(info.multiprocessorCount),
-                    placements=tuple(
-                        Placement(int(p.start), int(p.size)) for p in buf[: count.value]
-                    ),
+                    placements=tuple(Placement(int(p.start), int(p.size)) for p in placements),
                 )
             )
         return tuple(profiles)
@@ -416,17 +437,13 @@ class NvmlAdapter:
     ) -> tuple[GpuInstance, ...]:
         found: list[GpuInstance] = []
         for profile in table:
-            buf = (pynvml.c_nvmlGpuInstance_t * _LIST_BUFFER)()
-            count = ctypes.c_uint(_LIST_BUFFER)
-            self._call(
+            for handle in self._list(
                 "nvmlDeviceGetGpuInstances",
                 pynvml.nvmlDeviceGetGpuInstances,
+                pynvml.c_nvmlGpuInstance_t,
                 dev,
                 profile.id,
-                buf,
-                ctypes.byref(count),
-            )
-            for handle in buf[: count.value]:
+            ):
                 info = self._call("nvmlGpuInstanceGetInfo", pynvml.nvmlGpuInstanceGetInfo, handle)
                 cis_table = self._learn_ci_table(handle, profile, model)
                 found.append(
@@ -455,32 +472,19 @@ class NvmlAdapter:
     def _read_ci_profiles(self, gi_handle: Any, profile: GiProfile) -> tuple[CiProfile, ...]:
         """The CI profiles an existing GI offers, with their possible placements."""
         profiles: list[CiProfile] = []
-        for index in range(_MAX_PROFILE_INDEX):
-            try:
-                info = self._call(
-                    "nvmlGpuInstanceGetComputeInstanceProfileInfo",
-                    pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
-                    gi_handle,
-                    index,
-                    pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    2,
-                    expected=("INVALID_ARGUMENT", "NOT_SUPPORTED"),
-                )
-            except NvmlError as exc:
-                if exc.name == "INVALID_ARGUMENT":
-                    break
-                if exc.name == "NOT_SUPPORTED":
-                    continue
-                raise
-            buf = (pynvml.c_nvmlComputeInstancePlacement_t * _LIST_BUFFER)()
-            count = ctypes.c_uint(_LIST_BUFFER)
-            self._call(
+        for index, info in self._profile_infos(
+            "nvmlGpuInstanceGetComputeInstanceProfileInfo",
+            pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+            gi_handle,
+            pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+            2,
+        ):
+            placements = self._list(
                 "nvmlGpuInstanceGetComputeInstancePossiblePlacements",
                 pynvml.nvmlGpuInstanceGetComputeInstancePossiblePlacements,
+                pynvml.c_nvmlComputeInstancePlacement_t,
                 gi_handle,
                 info.id,
-                buf,
-                ctypes.byref(count),
             )
             slices = int(info.sliceCount)
             reported = _short_profile_name(info.name)
@@ -495,9 +499,7 @@ class NvmlAdapter:
                     slice_count=slices,
                     instance_count=int(info.instanceCount),
                     multiprocessor_count=int(info.multiprocessorCount),
-                    placements=tuple(
-                        Placement(int(p.start), int(p.size)) for p in buf[: count.value]
-                    ),
+                    placements=tuple(Placement(int(p.start), int(p.size)) for p in placements),
                 )
             )
         return tuple(profiles)
@@ -507,17 +509,13 @@ class NvmlAdapter:
     ) -> tuple[ComputeInstance, ...]:
         found: list[ComputeInstance] = []
         for ci_profile in table:
-            buf = (pynvml.c_nvmlComputeInstance_t * _LIST_BUFFER)()
-            count = ctypes.c_uint(_LIST_BUFFER)
-            self._call(
+            for handle in self._list(
                 "nvmlGpuInstanceGetComputeInstances",
                 pynvml.nvmlGpuInstanceGetComputeInstances,
+                pynvml.c_nvmlComputeInstance_t,
                 gi_handle,
                 ci_profile.id,
-                buf,
-                ctypes.byref(count),
-            )
-            for handle in buf[: count.value]:
+            ):
                 info = self._call(
                     "nvmlComputeInstanceGetInfo", pynvml.nvmlComputeInstanceGetInfo, handle
                 )

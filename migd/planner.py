@@ -559,7 +559,8 @@ def describe(gpu: GpuState, desired: DesiredGpu) -> str:
     return format_counts(layout_counts(gpu, desired.instances))
 
 
-def _current_text(gpu: GpuState) -> str:
+def describe_current(gpu: GpuState) -> str:
+    """What a GPU holds in one line: ``1g.18gb×2+3g.71gb``, ``MIG disabled (enable pending)``."""
     if not gpu.mig_capable:
         return "not MIG-capable"
     if not gpu.mig_enabled:
@@ -634,13 +635,13 @@ def format_plan(plans: Sequence[GpuPlan], snapshot: NodeSnapshot) -> str:
         head = f"GPU {gpu.index} {gpu.name} ({gpu.bus_id})"
         plan = by_index.get(gpu.index)
         if plan is None:
-            lines.append(f"{head}: {_current_text(gpu)}; not covered by the config, left alone")
+            lines.append(f"{head}: {describe_current(gpu)}; not covered by the config, left alone")
             continue
         want = describe(gpu, plan.desired)
         if plan.noop:
             lines.append(f"{head}: {want}; nothing to do")
             continue
-        lines.append(f"{head}: {_current_text(gpu)} -> {want}")
+        lines.append(f"{head}: {describe_current(gpu)} -> {want}")
         instances = {gi.id: gi for gi in gpu.instances}
         for blocker in plan.blocked:
             lines.append(f"  BLOCKED  {blocker.reason}")

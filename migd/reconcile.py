@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migd.checkpoint import Checkpoint, GpuRecord, capture_gpu, gpu_matches, restore_diff
+from migd.config import DEFAULT_RESET_COMMAND
 from migd.errors import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -45,10 +46,10 @@ from migd.planner import (
     GiCreate,
     GpuPlan,
     ci_profile,
+    describe_current,
     format_counts,
     layout_counts,
     layout_matches,
-    observed_layout,
     place_cis,
     plan_node,
     profile_label,
@@ -132,7 +133,7 @@ class ReconcileOptions:
     skip_reset: bool = False  # -s: never reset a GPU to activate a pending mode change
     parallel: bool = True  # GPUs in parallel (NVML is thread-safe)
     # argv of the reset command; "{bus_ids}" expands to the bus ids of the GPUs to reset
-    reset_command: tuple[str, ...] = ("nvidia-smi", "-r", "-i", "{bus_ids}")
+    reset_command: tuple[str, ...] = DEFAULT_RESET_COMMAND
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
 
@@ -561,7 +562,8 @@ def _execute(
     options: ReconcileOptions,
     reset_timeout: float,
     say: Callable[[str], None],
-) -> None:
+) -> dict[int, GpuResult]:
+    """Run every GPU's work in its phases; each GPU's result by index."""
     _each(runs, _GpuRun.destroy_and_set_mode, options.parallel)
     pending = [r for r in runs if r.result is None and r.needs_reset]
     if pending:
@@ -571,6 +573,11 @@ def _execute(
         problem = reset_gpus(options.reset_command, [r.gpu.bus_id for r in pending], reset_timeout)
         _each(pending, lambda r: r.after_reset(problem), options.parallel)
     _each(runs, _GpuRun.create_and_verify, options.parallel)
+    results = {}
+    for run in runs:
+        assert run.result is not None, "the last phase decides every GPU"
+        results[run.index] = run.result
+    return results
 
 
 def _serialized(progress: Callable[[str], None] | None) -> Callable[[str], None]:
@@ -607,16 +614,6 @@ def _verify_layout(desired: DesiredGpu, mode_only: bool) -> Verify:
 def mode_matches(gpu: GpuState, enabled: bool) -> bool:
     """Whether the GPU's MIG mode is ``enabled``, with no change pending."""
     return gpu.mig_enabled == gpu.mig_pending == enabled
-
-
-def describe_current(gpu: GpuState) -> str:
-    """What a GPU holds in one line: ``1g.18gb×2+3g.71gb``, ``MIG disabled (enable pending)``."""
-    if not gpu.mig_capable:
-        return "not MIG-capable"
-    if not gpu.mig_enabled:
-        return "MIG disabled" + (" (enable pending)" if gpu.mig_pending else "")
-    pending = " (disable pending)" if not gpu.mig_pending else ""
-    return format_counts(observed_layout(gpu)) + pending
 
 
 def differences(
@@ -695,10 +692,7 @@ def reconcile(
                 headline=f"{what} GPU {gpu.index} ({position}/{len(todo)})",
             )
         )
-    _execute(runs, options, reset_timeout, say)
-    for run in runs:
-        assert run.result is not None
-        results[run.index] = run.result
+    results.update(_execute(runs, options, reset_timeout, say))
     for gpu in snapshot.gpus:
         if gpu.index not in results:
             why = "not covered by the selected config" if gpu.mig_capable else "not MIG-capable"
@@ -806,10 +800,7 @@ def restore(
         )
         for n, (gpu, record) in enumerate(todo, start=1)
     ]
-    _execute(runs, options, reset_timeout, say)
-    for run in runs:
-        assert run.result is not None
-        results[run.index] = run.result
+    results.update(_execute(runs, options, reset_timeout, say))
     for gpu in snapshot.gpus:
         if gpu.index not in results:
             results[gpu.index] = _result(gpu, GpuOutcome.SKIPPED, "not in the checkpoint")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from migd.errors import MigdError
-from migd.reconcile import ReconcileResult, describe_current
+from migd.planner import describe_current
+from migd.reconcile import ReconcileResult
 from migd.selection import describe
 from migd.status import DaemonView, Trigger
 

@@ -32,10 +32,6 @@ from migd.sim.symbols import MUTATING
 H200 = "H200-SXM-141GB"
 A100 = "A100-SXM4-40GB"
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ANCHORS = SHARED / "anchors" / "mig-parted"
-
 
 @contextlib.contextmanager
 def scratch_dir(fallback: Path) -> Iterator[Path]:

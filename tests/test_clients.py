@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from geometry_support import H200, add_process, apply_text, config_text, make_node, snapshot
+from paths import ANCHORS
 
 from migd.clients import (
     Change,
@@ -35,9 +36,6 @@ from migd.layout import NodeSnapshot
 from migd.nvml import NvmlAdapter
 from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 from migd.selection import desired_layouts
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ANCHORS = SHARED / "anchors" / "mig-parted"
 
 CONTEXT = HookContext("all-balanced", "/etc/migd/config.yaml")
 EMPTY = NodeSnapshot(())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ANCHORS, REPO, SHARED
 
 from migd import fileperm
 from migd.config import (
@@ -33,9 +34,6 @@ from migd.config import (
     select_config,
 )
 from migd.errors import ConfigError, Problem
-
-REPO = Path(__file__).resolve().parents[1]
-ANCHORS = REPO.parent / "shared" / "anchors" / "mig-parted"
 
 H100 = (0x233010DE, 0x16C010DE)  # device+vendor, subsystem (mig-parted's helpers_test.go)
 
@@ -812,7 +810,7 @@ def test_untrusted_reason_policy() -> None:
 # The shipped configs name profiles the GPUs really have
 # ---------------------------------------------------------------------------
 
-MIG_PROFILES = REPO.parent / "shared" / "reference" / "mig-profiles.yaml"
+MIG_PROFILES = SHARED / "reference" / "mig-profiles.yaml"
 
 
 def gpu_profile_names() -> dict[int, set[str]]:

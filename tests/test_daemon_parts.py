@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from daemon_support import NotifyListener, config_text, migd, wait_for
+from paths import REPO
 
 from migd.daemon import Daemon, DaemonOptions, Drift, DriftReport, Loaded, StopSignal, load_selected
 from migd.errors import ConfigError, InvalidRequest
@@ -24,8 +25,6 @@ from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileRes
 from migd.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
 from migd.status import DaemonView, Phase, Trigger
 from migd.unit import UnitOptions, quote, render_unit
-
-REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------
 # sd_notify

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from geometry_support import H200, config_text, make_node, snapshot
+from paths import ANCHORS
 
 from migd.cli import main
 from migd.clients import Change, ChangeAborted, NodeServices, around_change
@@ -34,9 +35,6 @@ from migd.hooks import (
 )
 from migd.layout import NodeSnapshot
 from migd.reconcile import GpuOutcome, GpuResult, ReconcileResult
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ANCHORS = SHARED / "anchors" / "mig-parted"
 
 CONTEXT = HookContext(
     selected_config="all-balanced",

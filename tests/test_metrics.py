@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import REPO
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,7 +29,6 @@ from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
 from migd.status import DaemonView, GpuView, Phase, Trigger
 
-REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')"

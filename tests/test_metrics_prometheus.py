@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS = Path("/usr/bin/prometheus")
 DEADLINE = 60.0  # liveness only: how long to wait for something that must happen
 SCRAPE_DEADLINE = 2.0  # a scrape during an apply must be answered within this

@@ -12,7 +12,6 @@ import pytest
 from geometry_support import (
     A100,
     H200,
-    SHARED,
     add_fault,
     add_process,
     make_node,
@@ -20,12 +19,13 @@ from geometry_support import (
     scratch_dir,
     stats,
 )
+from paths import H200_FIXTURE
 
 from migd.errors import NvmlError, ReadOnlyError
 from migd.layout import Placement
 from migd.nvml import NvmlAdapter, rule_ci_profiles
 
-FIXTURE = json.loads((SHARED / "fixtures" / "h200-nvml-readout.json").read_text())
+FIXTURE = json.loads(H200_FIXTURE.read_text())
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Every layout a GPU can hold is placeable from empty, and nothing else is accepted.
 
-The set of feasible layouts comes from the oracle in ``planning_support`` (a plain
-search that shares no code with the planner), so the planner is checked against an
-independent statement of the MIG rules.
+The set of feasible layouts comes from the oracle in ``migd.feasible`` (a plain
+search that shares no code with the planner, shared with the benchmarks), so the
+planner is checked against an independent statement of the MIG rules.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from planning_support import (
     apply_plan,
     bounded_multisets,
     desired_of,
-    feasible_multisets,
     full_spec,
     gpu,
 )
 
 from migd.errors import InvalidRequest
+from migd.feasible import feasible_multisets
 from migd.planner import layout_matches, layout_problem, plan_gpu
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from paths import ANCHORS
 from planning_support import A30, A100_40GB, H200, apply_plan, gpu, l40s, profile_named
 
 from migd.config import ConfigEntry, DeviceFilter, parse_config
@@ -14,8 +14,6 @@ from migd.errors import InvalidRequest
 from migd.layout import DesiredGpu, GiSpec, GpuState, NodeSnapshot
 from migd.planner import layout_matches, observed_layout, plan_gpu
 from migd.selection import SelectionError, describe, desired_layouts, resolve_profile
-
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "mig-parted"
 
 
 def entry(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import H200_FIXTURE
 
 from migd.sim import models
 from migd.sim.models import (
@@ -243,7 +244,7 @@ def test_h200_answers_past_the_table_with_invalid_argument() -> None:
 
 def test_h200_matches_fixture_file() -> None:
     """The embedded copy above must agree with the real readout kept beside the repository."""
-    path = Path(__file__).resolve().parents[1].parent / "shared/fixtures/h200-nvml-readout.json"
+    path = H200_FIXTURE
     if not path.is_file():
         pytest.skip(f"{path} is missing: the shared reference folder is not beside the repository")
     readout = json.loads(path.read_text())

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ANCHORS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-ANCHORS = REPO.parent / "shared" / "anchors" / "mig-parted"
 INVALID = REPO / "tests" / "data" / "invalid"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MIGD_", "MIG_PARTED_"))}
 

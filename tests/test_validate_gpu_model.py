@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_validate_cli import ANCHORS, assert_no_traceback, assert_valid, validate
+from paths import ANCHORS
+from test_validate_cli import assert_no_traceback, assert_valid, validate
 
 
 def write(tmp_path: Path, body: str) -> Path:

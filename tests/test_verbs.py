@@ -16,9 +16,7 @@ import pytest
 import yaml
 from geometry_support import (
     A100,
-    ANCHORS,
     H200,
-    REPO,
     add_process,
     config_text,
     geometry,
@@ -33,6 +31,7 @@ from geometry_support import (
     snapshot,
     stats,
 )
+from paths import ANCHORS, REPO
 
 from migd.cli import main
 from migd.config import Config, load_config, parse_config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -18,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migd.commands.geometry import _reset_command
-from migd.commands.validate import DEFAULT_CONFIG_FILE, _default_config_file
-from migd.config import Config, Settings
+from migd.commands.common import add_config_file, add_selected_config, reset_command
+from migd.config import Settings
 from migd.daemon import Daemon, DaemonOptions, Loaded, NvmlNode, load_selected
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
 from migd.log import setup_logging
@@ -55,24 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "-f",
-        "--config-file",
-        dest="config_file",
-        metavar="FILE",
-        default=_default_config_file(),
-        help="the config file, watched for changes (default: $MIGD_CONFIG_FILE, "
-        f"$MIG_PARTED_CONFIG_FILE, or {DEFAULT_CONFIG_FILE})",
-    )
-    run.add_argument(
-        "-c",
-        "--selected-config",
-        dest="selected_config",
-        metavar="NAME",
-        default=None,
-        help="the mig-config to apply (default: $MIGD_SELECTED_CONFIG, "
-        "$MIG_PARTED_SELECTED_CONFIG, selected-config: in the file, or the only config)",
-    )
+    add_config_file(run, use="watched for changes")
+    add_selected_config(run)
     run.add_argument(
         "--boot-policy",
         choices=("continue", "strict"),
@@ -219,15 +203,12 @@ def run_daemon(args: argparse.Namespace) -> int:
         if metrics is not None:
             observers.append(metrics.observer)
 
-        def reset_command(config: Config) -> tuple[str, ...]:
-            return _reset_command(args, config)
-
         options = DaemonOptions(
             config_file=config_file,
             config_name=args.selected_config,
             environ=environ,
             boot_policy=args.boot_policy,
-            reset_command=reset_command,
+            reset_command=functools.partial(reset_command, args),
             watchdog_interval=watchdog_interval(environ, os.getpid()),
         )
         daemon = Daemon(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from migd import checkpoint as checkpoint_file
 from migd.clients import NodeServices, apply_with_services
-from migd.commands.validate import DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE
+from migd.commands.common import add_config_file, add_selected_config, env, reset_command
 from migd.config import Config, load_config, select_config
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
 from migd.export import DEFAULT_LABEL, export_config, generate_config, render
@@ -39,16 +39,8 @@ exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (not
 """
 
 
-def _env(*names: str) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
-
-
 def _env_flag(*names: str) -> bool:
-    value = _env(*names)
+    value = env(*names)
     return value is not None and value.strip().lower() in _TRUE
 
 
@@ -58,24 +50,8 @@ def _env_flag(*names: str) -> bool:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-f",
-        "--config-file",
-        dest="config_file",
-        metavar="FILE",
-        default=_env(*ENV_CONFIG_FILE) or DEFAULT_CONFIG_FILE,
-        help="the config file, - for standard input (default: $MIGD_CONFIG_FILE, "
-        f"$MIG_PARTED_CONFIG_FILE, or {DEFAULT_CONFIG_FILE})",
-    )
-    parser.add_argument(
-        "-c",
-        "--selected-config",
-        dest="selected_config",
-        metavar="NAME",
-        default=None,
-        help="the mig-config to apply (default: $MIGD_SELECTED_CONFIG, "
-        "$MIG_PARTED_SELECTED_CONFIG, selected-config: in the file, or the only config)",
-    )
+    add_config_file(parser)
+    add_selected_config(parser)
 
 
 def _add_mode_only(parser: argparse.ArgumentParser, what: str) -> None:
@@ -112,13 +88,26 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_checkpoint_file(parser: argparse.ArgumentParser, what: str) -> None:
+    # Required unless the environment names the file, as in mig-parted.
+    parser.add_argument(
+        "-f",
+        "--checkpoint-file",
+        dest="file",
+        metavar="FILE",
+        default=env("MIG_PARTED_CHECKPOINT_FILE"),
+        required=env("MIG_PARTED_CHECKPOINT_FILE") is None,
+        help=f"{what} ($MIG_PARTED_CHECKPOINT_FILE)",
+    )
+
+
 def _add_output_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o",
         "--output-format",
         dest="output_format",
         choices=("yaml", "json"),
-        default=_env("MIG_PARTED_OUTPUT_FORMAT") or "yaml",
+        default=env("MIG_PARTED_OUTPUT_FORMAT") or "yaml",
         help="yaml (default) or json ($MIG_PARTED_OUTPUT_FORMAT)",
     )
 
@@ -152,20 +141,6 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
     return config, select_config(config, args.selected_config, os.environ)
 
 
-def _reset_command(args: argparse.Namespace, config: Config | None) -> tuple[str, ...]:
-    """The reset command: the simulator's under --simulate, else the config's.
-
-    Under --simulate the reconciler runs ``migd sim reset`` like any reset command,
-    so neither it nor the adapter knows the node is simulated.
-    """
-    if getattr(args, "simulate", None):
-        state = args.simulate
-        return (sys.executable, "-m", "migd", "sim", "reset", state, "--bus-id", "{bus_ids}")
-    if config is not None:
-        return config.settings.reset_command
-    return ReconcileOptions().reset_command
-
-
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -176,7 +151,7 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
         mode_only=getattr(args, "mode_only", False),
         skip_reset=args.skip_reset,
         parallel=not args.sequential,
-        reset_command=_reset_command(args, config),
+        reset_command=reset_command(args, config),
         progress=_say,
     )
 
@@ -430,7 +405,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--hooks-file",
         dest="hooks_file",
         metavar="FILE",
-        default=_env("MIGD_HOOKS_FILE", "MIG_PARTED_HOOKS_FILE"),
+        default=env("MIGD_HOOKS_FILE", "MIG_PARTED_HOOKS_FILE"),
         help="a mig-parted hooks file to run around the change (default: settings.hooks-file; "
         "$MIGD_HOOKS_FILE, $MIG_PARTED_HOOKS_FILE)",
     )
@@ -467,7 +442,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config-label",
         dest="config_label",
         metavar="LABEL",
-        default=_env("MIG_PARTED_CONFIG_LABEL") or DEFAULT_LABEL,
+        default=env("MIG_PARTED_CONFIG_LABEL") or DEFAULT_LABEL,
         help=f"name of the exported mig-config (default {DEFAULT_LABEL}; $MIG_PARTED_CONFIG_LABEL)",
     )
 
@@ -485,7 +460,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output-file",
         dest="output_file",
         metavar="FILE",
-        default=_env("MIG_PARTED_OUTPUT_FILE"),
+        default=env("MIG_PARTED_OUTPUT_FILE"),
         help="write to FILE instead of standard output ($MIG_PARTED_OUTPUT_FILE)",
     )
 
@@ -497,15 +472,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         CHECKPOINT_EXAMPLES,
         run_checkpoint,
     )
-    p.add_argument(
-        "-f",
-        "--checkpoint-file",
-        dest="file",
-        metavar="FILE",
-        default=_env("MIG_PARTED_CHECKPOINT_FILE"),
-        required=_env("MIG_PARTED_CHECKPOINT_FILE") is None,
-        help="the checkpoint file to write, - for standard output ($MIG_PARTED_CHECKPOINT_FILE)",
-    )
+    _add_checkpoint_file(p, "the checkpoint file to write, - for standard output")
 
     p = _parser(
         subparsers,
@@ -515,13 +482,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         RESTORE_EXAMPLES,
         run_restore,
     )
-    p.add_argument(
-        "-f",
-        "--checkpoint-file",
-        dest="file",
-        metavar="FILE",
-        default=_env("MIG_PARTED_CHECKPOINT_FILE"),
-        required=_env("MIG_PARTED_CHECKPOINT_FILE") is None,
-        help="the checkpoint file to read, - for standard input ($MIG_PARTED_CHECKPOINT_FILE)",
-    )
+    _add_checkpoint_file(p, "the checkpoint file to read, - for standard input")
     _add_execution_flags(p)

@@ -6,11 +6,9 @@ import argparse
 import os
 import sys
 
+from migd.commands.common import add_config_file, add_selected_config
 from migd.config import Config, find_selection, load_config, ownership_warning
 from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError, Problem
-
-DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
-ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
 
 DESCRIPTION = """\
 Check a migd config file (mig-parted's v1 format plus migd's settings) and report
@@ -45,25 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-f",
-        "--config-file",
-        dest="config_file",
-        metavar="FILE",
-        default=_default_config_file(),
-        help="the config file, - for standard input (default: $MIGD_CONFIG_FILE, "
-        f"$MIG_PARTED_CONFIG_FILE, or {DEFAULT_CONFIG_FILE})",
-    )
-    parser.add_argument(
-        "-c",
-        "--selected-config",
-        dest="selected_config",
-        metavar="NAME",
-        default=None,
-        help="the config to select; it must exist in the file (default: "
-        "$MIGD_SELECTED_CONFIG, $MIG_PARTED_SELECTED_CONFIG, selected-config: in the "
-        "file, or the only config)",
-    )
+    add_config_file(parser)
+    add_selected_config(parser, use="the config to select; it must exist in the file")
     parser.add_argument(
         "--gpu-model",
         metavar="MODEL",
@@ -72,13 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "e.g. H200, A100-SXM4-40GB, A30 (the models 'migd sim init --gpu' knows)",
     )
     parser.set_defaults(handler=run)
-
-
-def _default_config_file() -> str:
-    for var in ENV_CONFIG_FILE:
-        if os.environ.get(var):
-            return os.environ[var]
-    return DEFAULT_CONFIG_FILE
 
 
 def run(args: argparse.Namespace) -> int:

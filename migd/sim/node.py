@@ -203,6 +203,16 @@ def replace_gpu(node: Node, gpu: Gpu) -> Node:
     )
 
 
+def _replace_gi(node: Node, gpu: Gpu, gi: GpuInstance) -> Node:
+    """``node`` with ``gi`` in place of the GPU instance of ``gpu`` with its serial."""
+    return replace_gpu(
+        node,
+        dataclasses.replace(
+            gpu, gpu_instances=tuple(gi if g.serial == gi.serial else g for g in gpu.gpu_instances)
+        ),
+    )
+
+
 def _gpu(node: Node, index: int) -> Gpu:
     if not 0 <= index < len(node.gpus):
         raise NvmlFailure(codes.INVALID_ARGUMENT, f"no GPU {index}")
@@ -452,10 +462,7 @@ def create_compute_instance(
     new_gi = dataclasses.replace(
         gi, compute_instances=tuple(sorted((*gi.compute_instances, ci), key=lambda c: c.id))
     )
-    gpu = dataclasses.replace(
-        gpu, gpu_instances=tuple(new_gi if g.serial == gi_serial else g for g in gpu.gpu_instances)
-    )
-    node = dataclasses.replace(replace_gpu(node, gpu), next_serial=node.next_serial + 1)
+    node = dataclasses.replace(_replace_gi(node, gpu, new_gi), next_serial=node.next_serial + 1)
     return node, ci
 
 
@@ -472,10 +479,7 @@ def destroy_compute_instance(node: Node, gpu_index: int, serial: int) -> Node:
     new_gi = dataclasses.replace(
         gi, compute_instances=tuple(c for c in gi.compute_instances if c.serial != serial)
     )
-    gpu = dataclasses.replace(
-        gpu, gpu_instances=tuple(new_gi if g.serial == gi.serial else g for g in gpu.gpu_instances)
-    )
-    return replace_gpu(node, gpu)
+    return _replace_gi(node, gpu, new_gi)
 
 
 # ---------------------------------------------------------------------------

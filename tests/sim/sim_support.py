@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pynvml
+from paths import REPO
 
 from migd.sim import node as sim_node
 from migd.sim.models import load_model
 from migd.sim.state import Flags
 from migd.sim.store import StateStore
-
-# CI keeps the shared folder at ../shared beside the repository clone.
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-H200_FIXTURE = SHARED / "fixtures" / "h200-nvml-readout.json"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def make_node(

@@ -13,7 +13,8 @@ from typing import Any
 
 import pynvml
 import pytest
-from sim_support import H200_FIXTURE, gi_placements, gpu_instances
+from paths import H200_FIXTURE
+from sim_support import gi_placements, gpu_instances
 
 READOUT = json.loads(H200_FIXTURE.read_text())
 PROFILES = sorted(

@@ -33,10 +33,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from paths import REPO
+
 SYSTEMD = "/lib/systemd/systemd"
+MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
 TARGET = "migd-test.target"
 # Mounted over before systemd starts (see the module docstring).
 HIDDEN = ("/tmp", "/var/tmp", "/run", "/var/lib", "/var/log", "/var/cache", "/etc/systemd/system")
@@ -189,6 +193,14 @@ class Systemd:
     def journal(self, *args: str) -> str:
         return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
 
+    def close(self) -> None:
+        """Print the journal (pytest shows it when the test failed), shut down, clean up."""
+        try:
+            print(f"--- journal of {self.directory.name} ---\n{self.journal()}")
+        finally:
+            self.shutdown()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     def shutdown(self) -> None:
         """SIGKILL to the namespace's PID 1 ends every process in it."""
         if self.pid is not None:
@@ -200,6 +212,25 @@ class Systemd:
             except subprocess.TimeoutExpired:
                 os.killpg(self._unshare.pid, signal.SIGKILL)
                 self._unshare.wait()
+
+
+def scratch_directory(name: str) -> Path:
+    """A new directory for one test's systemd: under build/ in the checkout, because
+    the namespace hides /tmp and the other scratch directories."""
+    directory = REPO / "build" / f"{name}-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def installed_unit(state: Path, config: Path, unit_dir: Path) -> str:
+    """migd.service as ``migd install-unit`` writes it for the simulated node in ``state``."""
+    installed = subprocess.run(
+        [str(MIGD), "--simulate", str(state), "install-unit",
+         "--unit-dir", str(unit_dir), "-f", str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    return (unit_dir / "migd.service").read_text()
 
 
 def python_paths() -> list[str]:

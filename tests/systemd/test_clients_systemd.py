@@ -12,17 +12,15 @@ talks to that systemd, with ``settings.gpu-clients.units`` naming all three.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from daemon_support import SMALL, all_hold, sim, wait_for
-from systemd_harness import TARGET, Systemd, python_paths, unavailable
+from systemd_harness import TARGET, Systemd, python_paths, scratch_directory, unavailable
 
 REASON = unavailable()
 pytestmark = [
@@ -30,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 CLIENTS = ("client-a.service", "client-b.service", "client-c.service")
 
 CLIENT_UNIT = """\
@@ -109,8 +106,7 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    directory = REPO / "build" / f"clients-test-{uuid.uuid4().hex[:8]}"
-    directory.mkdir(parents=True)
+    directory = scratch_directory("clients-test")
     (directory / "config.yaml").write_text(CONFIG.format(units=", ".join(CLIENTS)))
     log = directory / "clients.log"
     units = {u: CLIENT_UNIT.format(name=u.removesuffix(".service"), log=log) for u in CLIENTS}
@@ -123,11 +119,7 @@ def node() -> Iterator[Node]:
         wait_for(lambda: len(booted.events()) == 2, "client-a and client-c started")
         yield booted
     finally:
-        try:
-            print(f"--- journal ---\n{systemd.journal()}")  # shown when a test failed
-        finally:
-            systemd.shutdown()
-            shutil.rmtree(directory, ignore_errors=True)
+        systemd.close()
 
 
 def events_after(node: Node, since: int, count: int) -> list[str]:

@@ -9,17 +9,20 @@ the device plugin, run the refresh, and leave the feature file saying ``success`
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from daemon_support import BALANCED, SMALL, all_hold, sim, wait_for, write_atomically
-from systemd_harness import TARGET, Systemd, python_paths, unavailable
+from systemd_harness import (
+    TARGET,
+    Systemd,
+    installed_unit,
+    python_paths,
+    scratch_directory,
+    unavailable,
+)
 
 REASON = unavailable()
 pytestmark = [
@@ -27,8 +30,6 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-MIGD = Path(sys.executable).parent / "migd"
 CLIENTS = ("dcgm-standin.service", "exporter-standin.service", "idle-standin.service")
 PLUGIN = "plugin-standin.service"
 
@@ -115,33 +116,25 @@ class Node:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    directory = REPO / "build" / f"reload-clients-{uuid.uuid4().hex[:8]}"
-    (directory / "features.d").mkdir(parents=True)
+    directory = scratch_directory("reload-clients")
+    (directory / "features.d").mkdir()
     booted = Node(directory, None)  # type: ignore[arg-type]
     sim("init", str(booted.state), "--gpu", "H200x2")
     (directory / "config.yaml").write_text(booted.config("balanced"))
-    installed = subprocess.run(
-        [str(MIGD), "--simulate", str(booted.state), "install-unit",
-         "--unit-dir", str(directory / "install"), "-f", str(directory / "config.yaml")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
     units = {
         u: STANDIN_UNIT.format(name=u.removesuffix(".service"), log=booted.log)
         for u in (*CLIENTS, PLUGIN)
     }
-    units["migd.service"] = (directory / "install" / "migd.service").read_text()
+    units["migd.service"] = installed_unit(
+        booted.state, directory / "config.yaml", directory / "install"
+    )
     units[TARGET] = TARGET_UNIT
     booted.systemd = Systemd(directory, units, keep=python_paths())
     try:
         booted.systemd.boot()
         yield booted
     finally:
-        try:
-            print(f"--- journal ---\n{booted.systemd.journal()}")  # shown when a test failed
-        finally:
-            booted.systemd.shutdown()
-            shutil.rmtree(directory, ignore_errors=True)
+        booted.systemd.close()
 
 
 def test_a_reload_that_changes_the_layout_cycles_exactly_the_running_clients(node: Node) -> None:

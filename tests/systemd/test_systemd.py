@@ -7,10 +7,8 @@ migd.service on a simulated node and a stand-in kubelet.service ordered after it
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from daemon_support import (
     wait_for,
     write_atomically,
 )
-from systemd_harness import Systemd, python_paths, unavailable
+from systemd_harness import Systemd, installed_unit, python_paths, scratch_directory, unavailable
 
 REASON = unavailable()
 pytestmark = [
@@ -34,8 +32,6 @@ pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
 
 # Records the moment it started and what the GPUs held then, as kubelet would find them.
 KUBELET = """\
@@ -104,25 +100,18 @@ def machine() -> Iterator[Callable[..., Machine]]:
     made: list[Machine] = []
 
     def boot(faults: tuple[tuple[str, ...], ...] = ()) -> Machine:
-        directory = REPO / "build" / f"systemd-test-{uuid.uuid4().hex[:8]}"
-        directory.mkdir(parents=True)
+        directory = scratch_directory("systemd-test")
         state = directory / "node.json"
         sim("init", str(state), "--gpu", "H200x2")
         for fault in faults:
             sim("fault", str(state), *fault)
         (directory / "config.yaml").write_text(config_text(drift="1s"))
-        units = directory / "install"
-        installed = subprocess.run(
-            [str(MIGD), "--simulate", str(state), "install-unit", "--unit-dir", str(units),
-             "-f", str(directory / "config.yaml")],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert installed.returncode == 0, installed.stderr
+        unit = installed_unit(state, directory / "config.yaml", directory / "install")
         (directory / "kubelet.py").write_text(KUBELET)
         systemd = Systemd(
             directory,
             {
-                "migd.service": (units / "migd.service").read_text(),
+                "migd.service": unit,
                 "migd.service.d/test.conf": DROP_IN,
                 "kubelet.service": KUBELET_UNIT.format(
                     python=sys.executable,
@@ -140,12 +129,7 @@ def machine() -> Iterator[Callable[..., Machine]]:
 
     yield boot
     for m in made:
-        try:
-            # Shown by pytest when the test failed.
-            print(f"--- journal of {m.directory.name} ---\n{m.systemd.journal()}")
-        finally:
-            m.systemd.shutdown()
-            shutil.rmtree(m.directory, ignore_errors=True)
+        m.systemd.close()
 
 
 def test_kubelet_starts_only_once_migd_is_ready_and_stop_is_clean(
