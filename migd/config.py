@@ -132,6 +132,8 @@ class ConfigEntry:
     mig_devices: tuple[tuple[str, int], ...]  # profile name as written -> count, file order
     path: str  # key path, e.g. mig-configs.all-balanced[1]
     line: int
+    source: str = ""  # the file it was read from, for messages
+    column: int = 1
 
     def matches(self, index: int, pci_device_id: int, pci_subsystem_id: int) -> bool:
         """True when this entry covers the GPU at NVML ``index`` with these PCI ids."""
@@ -973,6 +975,8 @@ def _read_entry(r: YamlReader, node: Node, path: str) -> ConfigEntry:
         mig_devices=mig_devices or (),  # type: ignore[arg-type]
         path=path,
         line=node.start_mark.line + 1,
+        source=r.source,
+        column=node.start_mark.column + 1,
     )
 
 

@@ -355,21 +355,47 @@ def desired_layouts(
     """The layout of every GPU the selected config covers, by GPU index.
 
     GPUs no entry covers, and GPUs without MIG that are skipped, get no DesiredGpu.
-    Raises SelectionError (an InvalidRequest) listing every problem found.
+    Raises SelectionError (an InvalidRequest) listing every problem found, located as
+    ``FILE:LINE:COL: key.path:`` where the entries know their file; a problem shared by
+    several GPUs of one model is reported once, naming them all.
     """
     gpus = sorted(snapshot.gpus, key=lambda g: g.index)
     chosen, problems = _chosen_entries(gpus, entries)
     layouts = []
+    shared: dict[tuple[int, str, str], tuple[ConfigEntryLike, list[int]]] = {}
     for gpu in gpus:
         if gpu.index not in chosen:
             continue
-        desired, found = _layout(gpu, chosen[gpu.index])
-        problems.extend(found)
+        entry = chosen[gpu.index]
+        desired, found = _layout(gpu, entry)
+        prefix = f"{entry.path} (line {entry.line}): "
+        for text in found:
+            # One message per entry and model: "GPUs 0-7 (NVIDIA H200): ...".
+            template = text.removeprefix(prefix).replace(gpu_label(gpu), "{gpus}", 1)
+            shared.setdefault((id(entry), gpu.name, template), (entry, []))[1].append(gpu.index)
         if desired is not None:
             layouts.append(desired)
+    for (_, name, template), (entry, indices) in shared.items():
+        message = template.replace("{gpus}", f"{_gpu_list(indices)} ({name})", 1)
+        source = getattr(entry, "source", "")
+        if source:
+            column = getattr(entry, "column", 1)
+            problems.append(f"{source}:{entry.line}:{column}: {entry.path}: {message}")
+        else:
+            problems.append(f"{entry.path} (line {entry.line}): {message}")
     if problems:
         raise SelectionError(problems)
     return tuple(layouts)
+
+
+def _gpu_list(indices: Sequence[int]) -> str:
+    """``GPU 3``, ``GPUs 0-7`` or ``GPUs 0, 2, 5``."""
+    if len(indices) == 1:
+        return f"GPU {indices[0]}"
+    ordered = sorted(indices)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"GPUs {ordered[0]}-{ordered[-1]}"
+    return "GPUs " + ", ".join(str(i) for i in ordered)
 
 
 def model_fit_problems(

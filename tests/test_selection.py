@@ -260,3 +260,24 @@ def test_mig_parted_default_config_balanced_on_a_mixed_node() -> None:
     assert layouts(snapshot, *config.entries("all-disabled")) == dict.fromkeys(
         range(3), "MIG disabled"
     )
+
+
+def test_problems_name_file_line_and_key_once_for_all_gpus_of_a_model() -> None:
+    """Eight GPUs with the same mistake give one message naming them all, located in the file."""
+    config = parse_config(
+        b"version: v1\nmig-configs:\n  big:\n  - devices: all\n    mig-enabled: true\n"
+        b"    mig-devices: {1g.18gb: 3, 2g.35gb: 1, 3g.71gb: 1}\n",
+        "/etc/migd/config.yaml",
+    )
+    mixed = node(*(gpu(H200, i) for i in range(8)), gpu(A100_40GB, 8), gpu(H200, 9))
+    found = problems(mixed, *config.entries("big"))
+    assert found[0] == (
+        "/etc/migd/config.yaml:4:5: mig-configs.big[0]: GPUs 0, 1, 2, 3, 4, 5, 6, 7, 9 "
+        "(NVIDIA H200): 1g.18gb×3+2g.35gb+3g.71gb cannot be placed: the instances need 8 "
+        "compute slices, the GPU has 7"
+    )
+    assert found[1].startswith(
+        "/etc/migd/config.yaml:4:5: mig-configs.big[0]: GPU 8 (NVIDIA A100-SXM4-40GB): "
+        "unknown profile '1g.18gb'"
+    )
+    assert len(found) == 4  # the A100 knows none of the three H200 profiles

@@ -50,7 +50,7 @@ def test_a100_profile_on_an_h200_names_file_line_key_and_valid_choices() -> None
     assert result.returncode == 2
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f'{ANCHORS / "config.yaml"}:13:1: mig-configs."all-1g.5gb"[0]: ')
+    assert line.startswith(f'{ANCHORS / "config.yaml"}:13:7: mig-configs."all-1g.5gb"[0]: ')
     assert "unknown profile '1g.5gb'" in line
     assert "1g.18gb" in line  # the valid choices are listed
 

@@ -101,7 +101,7 @@ def _model_problems(config: Config, names: tuple[str, ...], model_name: str) -> 
     except ValueError as exc:
         return [f"--gpu-model: {exc}"]
     return [
-        str(Problem(config.source, entry.line, 1, entry.path, f"on {gpu.name}: {text}"))
+        str(Problem(config.source, entry.line, entry.column, entry.path, f"on {gpu.name}: {text}"))
         for name in names
         for entry, text in model_fit_problems(config.entries(name), gpu)
     ]
