@@ -1,0 +1,623 @@
+"""BENCHMARKS.md from the results of one run: figures, their baselines, the command, the machine.
+
+Rendering only: every number comes from the results dictionary ``bench.run`` builds,
+so the file never holds a figure that the recorded command did not produce.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from bench.apply_time import MIGD_PAR, MIGD_SEQ, MIGPARTED
+from bench.disruption import MIGD
+
+Row = Sequence[object]
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    ms = seconds * 1000
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    if ms >= 0.1:
+        return f"{ms:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def _x(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if value >= 100:
+        return f"{value:.0f}×"
+    if value >= 10:
+        return f"{value:.1f}×"
+    return f"{value:.2f}×"
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """``1 ordering``, ``41 orderings``."""
+    return f"{count} {word}" if count == 1 else f"{count} {plural or word + 's'}"
+
+
+def _table(head: Row, rows: Iterable[Row]) -> list[str]:
+    lines = ["| " + " | ".join(str(h) for h in head) + " |"]
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _div(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+# ---------------------------------------------------------------------------
+# Headline
+# ---------------------------------------------------------------------------
+
+
+def _migparted_tools(d: Mapping[str, Any]) -> list[str]:
+    return [name for name in d["tools"] if name != MIGD]
+
+
+def headline(results: Mapping[str, Any]) -> list[str]:
+    """The figures worth quoting, one line each (also printed by ``--quick``)."""
+    lines = []
+    d = results.get("disruption")
+    if d:
+        m = d["tools"][MIGD]
+        mp = _migparted_tools(d)
+        calls = [d["tools"][t]["from_empty"]["totals"]["calls"]["mutating"] for t in mp]
+        base = m["from_empty"]["totals"]["calls"]["mutating"]
+        worst = [d["tools"][t]["from_empty"]["worst_orderings"] for t in mp]
+        lines.append(
+            f"Every one of the {d['layouts']} H200 layouts from an empty GPU: migd makes "
+            f"{base} mutating NVML calls (one create per GPU and compute instance, none "
+            f"failed); the mig-parted model makes "
+            + " or ".join(f"{c} ({_x(_div(c, base))})" for c in calls)
+            + " depending on Go's map order, "
+            + " or ".join(str(d["tools"][t]["from_empty"]["totals"]["calls"]["failed"]) for t in mp)
+            + " of them failed. On its hardest layout it tries "
+            + " or ".join(str(w["orderings"]) for w in worst)
+            + " orderings and creates "
+            + " or ".join(str(w["gi_created"]) for w in worst)
+            + " GPU instances to end with "
+            + f"{worst[0]['instances']} ({worst[0]['after']})."
+        )
+        mt = m["transitions"]["totals"]
+        tt = [d["tools"][t]["transitions"]["totals"] for t in mp]
+        lines.append(
+            f"{d['transitions']} layout changes: migd destroys {mt['destroyed_keepable']} of the "
+            f"{mt['keepable']} instances the new layout could keep; the mig-parted model destroys "
+            + " / ".join(f"{t['destroyed_keepable']} of {t['keepable']}" for t in tt)
+            + ", with "
+            + " / ".join(_x(_div(t["calls"]["mutating"], mt["calls"]["mutating"])) for t in tt)
+            + " migd's mutating calls."
+        )
+    a = results.get("apply_time")
+    if a:
+        for s in a["scenarios"]:
+            t = s["tools"]
+            lines.append(
+                f"8 GPUs, {s['before']} -> {s['after']}: migd {_s(t[MIGD_PAR]['seconds'])} in "
+                f"parallel, {_s(t[MIGD_SEQ]['seconds'])} sequential, mig-parted model "
+                f"{_s(t[MIGPARTED]['seconds'])} ({_x(t[MIGD_PAR]['speedup'])} and "
+                f"{_x(t[MIGD_SEQ]['speedup'])} faster; simulated per-call latencies)."
+            )
+    r = results.get("reaction")
+    if r:
+        lines.append(
+            f"Config saved -> reconcile started: p50 {_ms(r['file_to_reconcile_started']['p50'])}, "
+            f"p99 {_ms(r['file_to_reconcile_started']['p99'])} (of which "
+            f"{_ms(r['debounce_seconds'])} deliberate debounce); `migd reload` round trip with an "
+            f"edit applied: p50 {_ms(r['reload_round_trip']['p50'])} = "
+            f"{_x(r['ratios']['reload_vs_version_p50'])} a bare `migd --version`."
+        )
+    f = results.get("footprint")
+    if f:
+        lines.append(
+            f"Start to READY on a node already right: {_ms(f['start_to_ready']['migd']['p50'])} "
+            f"({_x(f['start_to_ready']['ratio_p50'])} a bare pynvml process); idle "
+            f"{f['idle_cpu_seconds']['migd_percent_of_one_core']:.2f} % of a core; RSS "
+            f"{f['memory_kib']['migd']['VmRSS'] / 1024:.0f} MiB "
+            f"({_x(f['memory_kib']['rss_ratio'])} the bare process)."
+        )
+    sc = results.get("scrape")
+    if sc:
+        lines.append(
+            f"/metrics on {sc['gpus']}×7 instances: p50 {_ms(sc['idle']['p50'])} idle, "
+            f"{_ms(sc['during_apply']['p50'])} during an apply "
+            f"({_x(sc['ratios']['during_vs_idle_p50'])} idle); a plain http.server: "
+            f"{_ms(sc['plain_http_server']['p50'])}."
+        )
+    p = results.get("planner")
+    if p:
+        lines.append(
+            f"Planning a layout: p50 {_ms(p['from_empty']['planner']['p50'])} from empty, "
+            f"{_ms(p['transition']['planner']['p50'])} for a change "
+            f"({_x(p['transition']['vs_oracle_p50'])} a brute-force feasibility/keep check)."
+        )
+    return lines
+
+
+def headline_text(results: Mapping[str, Any]) -> str:
+    return "".join(f"- {line}\n" for line in headline(results))
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+def _disruption(d: Mapping[str, Any]) -> list[str]:
+    mp = _migparted_tools(d)
+    m = d["tools"][MIGD]
+    out = [
+        "## 1. Disruption and NVML calls per change",
+        "",
+        f"One simulated {d['gpu']}; every scenario on a fresh node with a fresh call log, "
+        "counted with the simulator's call log (`migd sim stats`). migd runs its real path "
+        "(config, selection, planner, reconciler) in-process; mig-parted is "
+        "`bench/migparted_model.py`, a model of v0.15.0's apply over plain pynvml: clear the "
+        "GPU, then try orderings of the desired list (sorted G desc, C desc, attributes desc), "
+        "creating each GPU instance with no placement (the simulated driver picks slots in the "
+        "order seen on A100/H100) and then its compute instance, clearing and moving to the "
+        "next ordering on any failure. Profiles that tie in that sort (1g.18gb and 1g.35gb) "
+        "come in Go's random map order, so the model runs once per order. When the previous "
+        "entry had the same profile it first tries to add the compute instance to the previous "
+        "GPU instance, as mig-parted does (`reuseGI`); on a full GPU instance that fails, so "
+        "repeated profiles cost it one failed compute-instance create each.",
+        "",
+        "Mutating calls are creates and destroys of GPU and compute instances (and mode "
+        'changes, none here). "Keepable" counts the instances present before a change that '
+        "some complete arrangement of the new layout keeps where they are (brute force over "
+        'subsets, `bench/layouts.py`); "destroyed keepable" is how many of those a tool '
+        "destroyed anyway.",
+        "",
+        "### Check of the mig-parted model",
+        "",
+    ]
+    rows = []
+    for t in mp:
+        w = d["tools"][t]["from_empty"]["worst_orderings"]
+        rows.append(
+            (
+                t,
+                w["after"],
+                w["orderings"],
+                f"{w['calls']['gi_creates']} ({w['gi_created']} succeed)",
+                w["calls"]["mutating"],
+            )
+        )
+    out += _table(
+        (
+            "tie order",
+            "layout needing most orderings",
+            "orderings",
+            "GI create calls",
+            "mutating calls",
+        ),
+        rows,
+    )
+    out += [
+        "Expected from mig-parted's algorithm on the H200: 11 or 41 orderings and 56 or 206 "
+        "GPU instances created, depending on the tie order; each failed ordering also makes "
+        "one refused GI create.",
+        "",
+        f"### All {d['layouts']} layouts from an empty GPU",
+        "",
+    ]
+    base = m["from_empty"]["totals"]
+    rows = []
+    for t in [MIGD, *mp]:
+        tot = d["tools"][t]["from_empty"]["totals"]
+        c = tot["calls"]
+        worst = d["tools"][t]["from_empty"]["worst"]
+        rows.append(
+            (
+                t,
+                c["mutating"],
+                _x(_div(c["mutating"], base["calls"]["mutating"])),
+                c["failed"],
+                f"{c['gi_creates']} ({tot['gi_created']})",
+                c["gi_destroys"],
+                tot["orderings"] or "—",
+                f"{worst['after']}: {worst['calls']['mutating']}",
+                tot["failed_scenarios"],
+            )
+        )
+    out += _table(
+        (
+            "tool",
+            "mutating calls",
+            "vs migd",
+            "failed calls",
+            "GI create calls (created)",
+            "GIs destroyed",
+            "orderings",
+            "worst layout: calls",
+            "layouts not reached",
+        ),
+        rows,
+    )
+    out += [
+        f"### {d['transitions']} layout changes "
+        f"({d['named_transitions']} named, the rest seeded random pairs)",
+        "",
+        "Each tool starts from the layout as it placed it itself.",
+        "",
+    ]
+    base = m["transitions"]["totals"]
+    rows = []
+    for t in [MIGD, *mp]:
+        tot = d["tools"][t]["transitions"]["totals"]
+        worst = d["tools"][t]["transitions"]["worst"]
+        c = tot["calls"]
+        rows.append(
+            (
+                t,
+                c["mutating"],
+                _x(_div(c["mutating"], base["calls"]["mutating"])),
+                c["failed"],
+                c["gi_destroys"],
+                f"{tot['kept']} of {tot['held_before']}",
+                tot["keepable"],
+                tot["destroyed_keepable"],
+                tot["scenarios_destroying_keepable"],
+                f"{worst['before']} -> {worst['after']}: {worst['calls']['mutating']}",
+            )
+        )
+    out += _table(
+        (
+            "tool",
+            "mutating calls",
+            "vs migd",
+            "failed calls",
+            "GIs destroyed",
+            "GIs kept",
+            "keepable",
+            "destroyed keepable",
+            "changes destroying keepable",
+            "worst change: calls",
+        ),
+        rows,
+    )
+    out += ["### Named changes", ""]
+    named = {t: d["tools"][t]["transitions"]["named"] for t in [MIGD, *mp]}
+    rows = []
+    for i, run in enumerate(named[MIGD]):
+        cells = [f"{run['name']}: {run['before']} -> {run['after']}"]
+        for t in [MIGD, *mp]:
+            r = named[t][i]
+            cells.append(
+                f"{r['calls']['mutating']} calls, {r['calls']['failed']} failed, "
+                f"{r['destroyed_keepable']}/{r['keepable']} keepable destroyed"
+            )
+        rows.append(cells)
+    out += _table(("change", *[MIGD, *mp]), rows)
+    out += ["### The mig-parted model's ten hardest layouts", ""]
+    per = {t: {r["layout"]: r for r in d["tools"][t]["per_layout"]} for t in [MIGD, *mp]}
+    hardest = sorted(
+        per[mp[0]].values(),
+        key=lambda r: (-max(per[t][r["layout"]]["orderings"] for t in mp), r["layout"]),
+    )[:10]
+    rows = []
+    for r in hardest:
+        cells = [r["layout"], per[MIGD][r["layout"]]["mutating"]]
+        for t in mp:
+            x = per[t][r["layout"]]
+            cells.append(
+                f"{x['orderings']} orderings, {x['mutating']} calls ({x['failed']} failed)"
+            )
+        rows.append(cells)
+    out += _table(("layout", "migd calls", *mp), rows)
+    return out
+
+
+def _apply_time(a: Mapping[str, Any]) -> list[str]:
+    lat = a["latencies_ms"]
+    out = [
+        f"## 2. Time to apply: {a['gpus']} GPUs at once",
+        "",
+        "Per-call latencies set in the simulator (`migd sim fault --call SYMBOL --latency MS`). "
+        "They are ASSUMPTIONS chosen for illustration, not measurements: nothing was timed on "
+        "hardware. A refused call is charged the same as one that succeeds; queries get no "
+        "added latency (the simulator's own cost is within the 0.01–0.9 ms measured per query "
+        "on a real H200).",
+        "",
+    ]
+    if a["latency_scale"] != 1:
+        out += [f"(This run scaled them by {a['latency_scale']:g}: quick mode.)", ""]
+    out += _table(("NVML call", "latency"), [(f"`{s}`", f"{ms:g} ms") for s, ms in lat.items()])
+    out += [
+        f"Wall time from the start of the apply to its end, median of {_n(a['repeats'], 'run')}; "
+        'the mig-parted model (sequential, as mig-parted is) is the baseline. "Latency '
+        'charged" sums the latency of every call made: what one GPU after another must wait '
+        "at least.",
+        "",
+    ]
+    for s in a["scenarios"]:
+        out += [f"**{s['name']}** ({s['before']} -> {s['after']} on each of {s['gpus']} GPUs)", ""]
+        rows = []
+        for tool, row in s["tools"].items():
+            rows.append(
+                (
+                    tool,
+                    _s(row["seconds"]),
+                    _x(row["vs_migparted"]),
+                    _x(row["speedup"]),
+                    row["mutating_calls"],
+                    row["failed_calls"],
+                    _s(row["injected_seconds"]),
+                )
+            )
+        out += _table(
+            (
+                "tool",
+                "wall time",
+                "vs mig-parted",
+                "speed-up",
+                "mutating calls",
+                "failed",
+                "latency charged",
+            ),
+            rows,
+        )
+    out += [
+        "The parallel gain is a property of the simulated latency model: it assumes the driver "
+        "serves MIG calls on different GPUs concurrently. Until measured on hardware, only the "
+        "sequential figures (fewer calls, no failed orderings) carry over as they are.",
+        "",
+    ]
+    return out
+
+
+def _pct_row(
+    name: str, s: Mapping[str, float], base: Mapping[str, float] | None, base_name: str
+) -> Row:
+    if base is None:
+        return (name, _ms(s["p50"]), _ms(s["p99"]), "", "", "", s["n"])
+    return (
+        name,
+        _ms(s["p50"]),
+        _ms(s["p99"]),
+        f"{base_name}: {_ms(base['p50'])} / {_ms(base['p99'])}",
+        _x(_div(s["p50"], base["p50"])),
+        _x(_div(s["p99"], base["p99"])),
+        s["n"],
+    )
+
+
+_PCT_HEAD = ("measure", "p50", "p99", "baseline p50 / p99", "ratio p50", "ratio p99", "samples")
+
+
+def _reaction(r: Mapping[str, Any]) -> list[str]:
+    out = [
+        "## 3. Reaction to a config edit and to `migd reload`",
+        "",
+        f"A daemon on {r['gpus']} simulated H200s (no added latency), the config saved as an "
+        f"editor saves it (temporary file renamed over it), switching between "
+        f"{r['layouts']['a']} and {r['layouts']['b']} so that each save is a real change. "
+        '"Reconcile started" is the daemon\'s own `MONOTONIC_USEC=` in its `RELOADING=1`; '
+        '"reconciled" the arrival of the `READY=1` after it. The daemon waits '
+        f"{_ms(r['debounce_seconds'])} after the last event of a save on purpose (one save "
+        "makes several events). The reload round trip is `migd reload` from process start to "
+        "exit, right after a save: it returns once the daemon has applied a reading of the "
+        "file made after the request.",
+        "",
+    ]
+    out += _table(
+        _PCT_HEAD,
+        [
+            _pct_row(
+                "saved -> reconcile started",
+                r["file_to_reconcile_started"],
+                r["bare_watcher"],
+                "bare watchdog observer",
+            ),
+            _pct_row(
+                f"saved -> reconcile started, less the {_ms(r['debounce_seconds'])} debounce",
+                r["file_to_reconcile_started_minus_debounce"],
+                r["bare_watcher"],
+                "bare watchdog observer",
+            ),
+            _pct_row("saved -> reconciled (READY=1)", r["file_to_reconciled"], None, ""),
+            _pct_row(
+                "`migd reload` round trip",
+                r["reload_round_trip"],
+                r["migd_version_round_trip"],
+                "`migd --version`",
+            ),
+        ],
+    )
+    return out
+
+
+def _footprint(f: Mapping[str, Any]) -> list[str]:
+    sr = f["start_to_ready"]
+    cpu = f["idle_cpu_seconds"]
+    mem = f["memory_kib"]
+    out = [
+        "## 4. Footprint",
+        "",
+        f"{f['gpus']} simulated H200s already holding {f['layout']}: the daemon's first "
+        "reconcile is a no-op. It serves metrics and checks for drift every 20 s (the default "
+        "is 60 s). Baseline: a bare process that imports pynvml, activates the simulator, "
+        "calls `nvmlInit()`, reports `READY=1` the same way and sleeps. Started alternately "
+        f"({_n(f['starts'], 'start')} each); then both idle side by side for "
+        f"{f['idle_seconds']:g} s. CPU from `/proc/PID/stat` (10 ms ticks), memory from "
+        "`/proc/PID/status`.",
+        "",
+    ]
+    out += _table(
+        ("measure", "migd", "baseline", "ratio"),
+        [
+            (
+                "process start -> READY=1 (p50)",
+                _ms(sr["migd"]["p50"]),
+                _ms(sr["baseline"]["p50"]),
+                _x(sr["ratio_p50"]),
+            ),
+            (
+                f"CPU over {f['idle_seconds']:g} s idle",
+                f"{cpu['migd'] * 1000:.0f} ms ({cpu['migd_percent_of_one_core']:.3f} % of a core)",
+                f"{cpu['baseline'] * 1000:.0f} ms",
+                _x(cpu["ratio"]) if cpu["ratio"] is not None else "n/a (baseline 0)",
+            ),
+            (
+                "RSS (VmRSS)",
+                f"{mem['migd']['VmRSS'] / 1024:.1f} MiB",
+                f"{mem['baseline']['VmRSS'] / 1024:.1f} MiB",
+                _x(mem["rss_ratio"]),
+            ),
+            (
+                "peak RSS (VmHWM)",
+                f"{mem['migd']['VmHWM'] / 1024:.1f} MiB",
+                f"{mem['baseline']['VmHWM'] / 1024:.1f} MiB",
+                _x(mem["peak_ratio"]),
+            ),
+        ],
+    )
+    return out
+
+
+def _scrape(s: Mapping[str, Any]) -> list[str]:
+    out = [
+        "## 5. Scrape latency",
+        "",
+        f"`GET /metrics` on a daemon watching {s['gpus']} simulated H200s with 7 instances "
+        f"each ({s['instances']} MIG devices; {s['body_bytes']} bytes per answer), a new "
+        "connection per scrape, timed from connect to the last byte. During an apply: the "
+        f"config switched between {s['layouts']['all-1g']} and {s['layouts']['balanced']} with "
+        "the call latencies of section 2"
+        + (f" scaled by {s['latency_scale']:g}" if s["latency_scale"] != 1 else "")
+        + f" ({_n(s['applies'], 'apply', 'applies')}); only scrapes between `RELOADING=1` and "
+        "`READY=1` count. Baseline: Python's plain `http.server` in its own process serving "
+        "a static body of the same size.",
+        "",
+    ]
+    out += _table(
+        _PCT_HEAD,
+        [
+            _pct_row("idle", s["idle"], s["plain_http_server"], "plain http.server"),
+            _pct_row(
+                "during an apply", s["during_apply"], s["plain_http_server"], "plain http.server"
+            ),
+            _pct_row("during an apply, vs idle", s["during_apply"], s["idle"], "idle migd"),
+        ],
+    )
+    return out
+
+
+def _planner(p: Mapping[str, Any]) -> list[str]:
+    out = [
+        "## 6. Planner",
+        "",
+        f"`migd.planner.plan_gpu` (pure) on every one of the {p['layouts']} layouts from an "
+        f"empty H200, and on the {p['transitions']} changes of section 1 (from where migd's own "
+        f"plan places the first layout). Each input: the fastest of {_n(p['repeats'], 'call')}; "
+        "p50/p99 over the inputs. Baselines on the same inputs: a trivial pure function that "
+        "only counts the wanted instances, and the brute-force oracle asking the same question "
+        "the simplest way (does it fit, from empty; how many present instances can stay, for "
+        "a change). The planner also picks the placements and orders the steps.",
+        "",
+    ]
+    rows = []
+    for label, key in (("from empty", "from_empty"), ("change", "transition")):
+        x = p[key]
+        rows.append(
+            (
+                label,
+                _ms(x["planner"]["p50"]),
+                _ms(x["planner"]["p99"]),
+                f"{_ms(x['trivial']['p50'])} ({_x(x['vs_trivial_p50'])})",
+                f"{_ms(x['oracle']['p50'])} / {_ms(x['oracle']['p99'])} "
+                f"({_x(x['vs_oracle_p50'])} / {_x(x['vs_oracle_p99'])})",
+            )
+        )
+    out += _table(
+        ("plan", "p50", "p99", "trivial p50 (ratio)", "oracle p50 / p99 (ratios)"),
+        rows,
+    )
+    return out
+
+
+def _meta(meta: Mapping[str, Any]) -> list[str]:
+    m = meta["machine"]
+    start = ", ".join(f"{x:.2f}" for x in m["load_average"])
+    end = ", ".join(f"{x:.2f}" for x in meta["load_average_end"])
+    busy = max(m["load_average"][0], meta["load_average_end"][0]) > 0.5 * (m["nproc"] or 1)
+    lines = [
+        f"- Command: `{meta['command']}` from the repository root (with the project's "
+        "virtualenv: `.venv/bin/python -m bench`), on "
+        f"{meta['started']}, {meta['total_seconds']:.0f} s in all"
+        + (" — QUICK MODE: smoke figures, not to be quoted" if meta["quick"] else "")
+        + ".",
+        f"- Machine: `{m['uname']}`; {m['nproc']} CPUs ({m['cpu']}); {m['python']}.",
+        f"- Load average (1, 5, 15 min): {start} at the start, {end} at the end"
+        + (
+            " — the machine was shared and busy; every figure is a ratio against a baseline "
+            "measured in the same run, so that the load affects both sides."
+            if busy
+            else "."
+        ),
+        "- Section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds"].items()) + ".",
+    ]
+    return lines
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """The whole of BENCHMARKS.md."""
+    out = [
+        "# Benchmarks",
+        "",
+        "How much faster and gentler migd is than mig-parted, in numbers. Every GPU runs on "
+        "migd's simulator (`migd/sim/`, a fake libnvidia-ml under pynvml): no figure here was "
+        "measured on a GPU. Each figure comes with a baseline measured in the same run. This "
+        "file is written by `python -m bench` — re-run it rather than editing; "
+        "`python -m bench --quick` is the smoke version run by the tests.",
+        "",
+        *_meta(results["meta"]),
+        "",
+        "## Headline",
+        "",
+        *(f"- {line}" for line in headline(results)),
+        "",
+    ]
+    sections = (
+        ("disruption", _disruption),
+        ("apply_time", _apply_time),
+        ("reaction", _reaction),
+        ("footprint", _footprint),
+        ("scrape", _scrape),
+        ("planner", _planner),
+    )
+    for key, fn in sections:
+        if key in results:
+            heading, blank, *body = fn(results[key])
+            # The command that produced this section's figures alone.
+            only = f"Command for this section alone: `python -m bench --only {key}`."
+            out += [heading, blank, only, "", *body]
+    out += [
+        "## How the figures are made",
+        "",
+        "- The simulated node's state file lives on tmpfs (`/dev/shm`) when there is one, so "
+        "the simulator's fsyncs do not dominate: real hardware has no state file.",
+        "- Sections 1, 2 and 6 run migd and the mig-parted model in the benchmark's own "
+        "process (neither pays a process start); sections 3, 4 and 5 run `migd run` as its "
+        "own process with a `NOTIFY_SOCKET` the benchmark reads, as systemd would.",
+        "- Layouts are the 127 non-empty GPU-instance multisets an H200 can hold, enumerated by "
+        "`migd/feasible.py` (the plain oracle the planner's tests check against); random "
+        "changes are seeded pairs of them, so call counts are the same on every run.",
+        "- Code: `bench/` (one module per section, `bench/migparted_model.py` for mig-parted).",
+        "",
+    ]
+    return "\n".join(out)
