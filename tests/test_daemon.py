@@ -186,7 +186,13 @@ def test_invalid_edit_is_refused_and_migd_reload_says_why(tmp_path: Path) -> Non
         where = f"{daemon.config}:{line}:"
         assert where in doc["last_reload_error"]
         assert doc["selected_config"] == "balanced" and doc["phase"] == "degraded"
-        status = daemon.notify.statuses()[-1]
+        # The state file and STATUS= are two observers of one view: wait for the second.
+        status = wait_for(
+            lambda: (
+                (s := daemon.notify.statuses()[-1]).startswith("degraded: config refused") and s
+            ),
+            "the refusal in STATUS=",
+        )
         assert status.startswith("degraded: config refused, keeping balanced:"), status
         assert where in status
         assert all_hold(daemon.state, BALANCED)  # nothing touched
