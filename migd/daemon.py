@@ -44,7 +44,15 @@ from typing import Protocol
 
 from migd.clients import NodeServices, apply_with_services
 from migd.config import BootPolicy, Config, Settings, load_config, select_config
-from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, InvalidRequest, MigdError
+from migd.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    ConfigError,
+    InvalidRequest,
+    MigdError,
+    NvmlError,
+)
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.notify import Notifier, SystemdStatus
 from migd.nvml import NvmlAdapter
@@ -611,6 +619,8 @@ class Daemon:
             self._failure = f"internal error: {error!r}"
             log.error("reconciling %s failed", job.loaded.name, exc_info=error)
         self._last_reconcile_time = time.time()
+        reason = error.name if isinstance(error, NvmlError) else "error"
+        self._tell("reconcile_failed", job.trigger, reason)
         if not isinstance(error, (ConfigError, InvalidRequest)):
             self._schedule_retry()
 

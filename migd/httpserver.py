@@ -227,6 +227,9 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a stuck client never delays the daemon's exit
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes a burst of scrapers (several Prometheus
+    # replicas, a federation) wait for their SYN retry; the connection cap still holds.
+    request_queue_size = MAX_CONNECTIONS
 
     def __init__(
         self,

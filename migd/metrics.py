@@ -32,7 +32,7 @@ from migd.httpserver import MetricsServer
 from migd.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, GpuState, NodeSnapshot
 from migd.planner import layout_counts, layout_problem, observed_layout, spec_names
 from migd.reconcile import GpuOutcome, ReconcileResult
-from migd.status import DaemonView, Phase, Trigger
+from migd.status import DaemonObserver, DaemonView, Phase, Trigger
 from migd.strategy import STRATEGIES, check_strategy
 
 log = logging.getLogger("migd.metrics")
@@ -347,7 +347,7 @@ def _gpu_families(view: DaemonView | None) -> Iterator[Metric]:
 # ---------------------------------------------------------------------------
 
 
-class MetricsObserver:
+class MetricsObserver(DaemonObserver):
     """A ``DaemonObserver`` that owns a registry with migd's metrics.
 
     ``published`` only swaps a reference and the counter updates are lock-free
@@ -421,6 +421,11 @@ class MetricsObserver:
                 self.resets.labels(label, "success" if ok else "failure").inc()
             if g.mutations:
                 self.mutations.labels(label).inc(g.mutations)
+
+    def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
+        # No GPU result and no duration worth a histogram sample: the count is what
+        # the reconcile-failing alert needs.
+        self.reconciles.labels(trigger.value, "failed").inc()
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()

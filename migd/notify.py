@@ -14,8 +14,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from migd.reconcile import ReconcileResult
-from migd.status import DaemonView, Trigger
+from migd.status import DaemonObserver, DaemonView
 
 log = logging.getLogger("migd.notify")
 
@@ -102,7 +101,7 @@ class Notifier:
             self._socket = None
 
 
-class SystemdStatus:
+class SystemdStatus(DaemonObserver):
     """The observer that shows the daemon's status line in ``systemctl status``."""
 
     def __init__(self, notifier: Notifier) -> None:
@@ -113,9 +112,3 @@ class SystemdStatus:
         if view.status_line != self._shown:
             self._notifier.status(view.status_line)
             self._shown = view.status_line
-
-    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
-        pass
-
-    def reload_attempted(self, ok: bool) -> None:
-        pass

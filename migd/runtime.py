@@ -32,9 +32,8 @@ from typing import Any
 
 from migd.errors import MigdError
 from migd.planner import describe_current
-from migd.reconcile import ReconcileResult
 from migd.selection import describe
-from migd.status import DaemonView, Trigger
+from migd.status import DaemonObserver, DaemonView
 
 DEFAULT_RUNTIME_DIR = "/run/migd"
 RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"
@@ -270,7 +269,7 @@ def state_document(view: DaemonView) -> dict[str, Any]:
     }
 
 
-class StateFile:
+class StateFile(DaemonObserver):
     """The observer that keeps ``state.json`` equal to the latest published view."""
 
     def __init__(self, runtime: RuntimeDir) -> None:
@@ -278,9 +277,3 @@ class StateFile:
 
     def published(self, view: DaemonView) -> None:
         self._runtime.write_state(view)
-
-    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
-        pass
-
-    def reload_attempted(self, ok: bool) -> None:
-        pass

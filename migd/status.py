@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.reconcile import ReconcileResult
@@ -64,11 +63,21 @@ class DaemonView:
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. strategy check results
 
 
-class DaemonObserver(Protocol):
-    """Receives what the loop decides to publish; must never block the loop for long."""
+class DaemonObserver:
+    """Receives what the loop decides to publish; must never block the loop for long.
 
-    def published(self, view: DaemonView) -> None: ...
+    Every event does nothing by default: an observer overrides the ones it needs.
+    """
 
-    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None: ...
+    def published(self, view: DaemonView) -> None:
+        """A new view of the daemon (after every event that changed it)."""
 
-    def reload_attempted(self, ok: bool) -> None: ...
+    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
+        """A reconcile reached a result, GPU by GPU."""
+
+    def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
+        """A reconcile failed as a whole, before any GPU result (the node could not be
+        read, say). ``reason`` is a bounded word: an NVML error name or ``error``."""
+
+    def reload_attempted(self, ok: bool) -> None:
+        """A config (re)load was accepted or refused."""

@@ -18,12 +18,12 @@ from daemon_support import NotifyListener, config_text, migd, wait_for
 from paths import REPO
 
 from migd.daemon import Daemon, DaemonOptions, Drift, DriftReport, Loaded, StopSignal, load_selected
-from migd.errors import ConfigError, InvalidRequest
+from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.notify import Notifier, watchdog_interval
 from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 from migd.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
-from migd.status import DaemonView, Phase, Trigger
+from migd.status import DaemonObserver, DaemonView, Phase, Trigger
 from migd.unit import UnitOptions, quote, render_unit
 
 # ---------------------------------------------------------------------------
@@ -218,12 +218,13 @@ class FakeNode:
         pass
 
 
-class Recorder:
+class Recorder(DaemonObserver):
     """An observer keeping everything the loop publishes."""
 
     def __init__(self) -> None:
         self.views: list[DaemonView] = []
         self.outcomes: list[tuple[Trigger, GpuOutcome]] = []
+        self.failures: list[tuple[Trigger, str]] = []
         self.reloads: list[bool] = []
 
     def published(self, view: DaemonView) -> None:
@@ -231,6 +232,9 @@ class Recorder:
 
     def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
         self.outcomes.append((trigger, result.worst()))
+
+    def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
+        self.failures.append((trigger, reason))
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.append(ok)
@@ -315,6 +319,24 @@ def test_retries_back_off_exponentially_up_to_the_maximum(tmp_path: Path) -> Non
     assert [t for t, _ in recorder.outcomes] == [Trigger.STARTUP] + [Trigger.RETRY] * 5
     # READY=1 once, after the first (failed) outcome: boot-policy continue.
     assert sum("READY=1" in m for m in listener.snapshot()) == 1
+
+
+def test_a_reconcile_failing_as_a_whole_is_told_to_observers_and_retried(
+    tmp_path: Path,
+) -> None:
+    """No GPU result (the node could not be read): still a failure metrics can count."""
+    config = config_text(retry_initial="0.05s", retry_max="0.1s")
+    lost = NvmlError("nvmlDeviceGetHandleByIndex", 15, "GPU_IS_LOST", "GPU is lost")
+    node = FakeNode([lost, lost, GpuOutcome.APPLIED])
+    code, recorder, _ = drive(
+        tmp_path,
+        node,
+        config=config,
+        until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY,
+    )
+    assert code == 0
+    assert recorder.failures == [(Trigger.STARTUP, "GPU_IS_LOST"), (Trigger.RETRY, "GPU_IS_LOST")]
+    assert recorder.outcomes == [(Trigger.RETRY, GpuOutcome.APPLIED)]
 
 
 def test_boot_policy_strict_exits_with_the_outcome_and_never_reports_ready(

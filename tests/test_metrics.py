@@ -581,3 +581,13 @@ def test_alerts_fire_when_and_only_when_they_should(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_reconcile_failing_as_a_whole_counts_as_failed() -> None:
+    """No GPU result to show, but the reconcile-failing alert must still see it."""
+    observer = MetricsObserver()
+    before = value(scrape(observer), "migd_reconciles_total", trigger="reload", result="failed")
+    observer.reconcile_failed(Trigger.RELOAD, "GPU_IS_LOST")
+    samples = scrape(observer)
+    assert value(samples, "migd_reconciles_total", trigger="reload", result="failed") == before + 1
+    assert not any("GPU_IS_LOST" in str(labels) for (_, labels) in samples)  # no label for it
