@@ -15,13 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 
 from bench.layouts import Layout, counts
+from migd.notify import NotifyMessage, NotifyReceiver
 
 MIGD = (sys.executable, "-m", "migd")
 
@@ -97,76 +95,12 @@ def write_atomically(path: str, text: str) -> float:
     return saved
 
 
-@dataclass(frozen=True)
-class Message:
-    """One sd_notify datagram: when it arrived (time.monotonic) and its assignments."""
-
-    at: float
-    fields: Mapping[str, str]
-
-    def has(self, assignment: str) -> bool:
-        name, _, value = assignment.partition("=")
-        return self.fields.get(name) == value
-
-
-class NotifyListener:
-    """A NOTIFY_SOCKET in the abstract namespace, read by a thread."""
+class NotifyListener(NotifyReceiver):
+    """The receiving end of sd_notify (``migd.notify.NotifyReceiver``) with the
+    benchmarks' deadline: a wait gives up after 60 s unless the caller gives its own."""
 
     def __init__(self) -> None:
-        name = f"migd-bench-{uuid.uuid4().hex}"
-        self.address = "@" + name
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind("\0" + name)
-        self._sock.settimeout(0.1)
-        self._messages: list[Message] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            at = time.monotonic()
-            lines = data.decode(errors="replace").split("\n")
-            fields = dict(line.split("=", 1) for line in lines if "=" in line)
-            with self._cond:
-                self._messages.append(Message(at, fields))
-                self._cond.notify_all()
-
-    def count(self) -> int:
-        with self._cond:
-            return len(self._messages)
-
-    def since(self, position: int) -> list[Message]:
-        """The messages from ``position`` on, as received so far."""
-        with self._cond:
-            return self._messages[position:]
-
-    def wait(
-        self, match: Callable[[Message], bool], what: str, *, after: int = 0, timeout: float = 60
-    ) -> tuple[int, Message]:
-        """The first message from position ``after`` on that matches, and its position."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(after, len(self._messages)):
-                    if match(self._messages[i]):
-                        return i, self._messages[i]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {what} within {timeout:g} s")
-                self._cond.wait(left)
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(timeout=2)
-        self._sock.close()
+        super().__init__("migd-bench", timeout=60.0)
 
 
 class DaemonProcess:
@@ -198,7 +132,7 @@ class DaemonProcess:
         assert self.process is not None
         return self.process.pid
 
-    def ready(self, timeout: float = 120) -> Message:
+    def ready(self, timeout: float = 120) -> NotifyMessage:
         """The first READY=1 (a daemon reports ready once the GPUs hold their layout)."""
         return self.notify.wait(lambda m: m.has("READY=1"), "READY=1", timeout=timeout)[1]
 

@@ -12,16 +12,14 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from migd.notify import NotifyMessage, NotifyReceiver
 
 T = TypeVar("T")
 
@@ -175,69 +173,12 @@ def destroy_one_instance(state: Path, gpu: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Message:
-    """One sd_notify datagram: when it arrived (time.monotonic) and its assignments."""
-
-    at: float
-    fields: Mapping[str, str]
-
-    def __contains__(self, assignment: str) -> bool:
-        name, _, value = assignment.partition("=")
-        return self.fields.get(name) == value
-
-
-class NotifyListener:
-    """A NOTIFY_SOCKET in the abstract namespace (no path length limit), read by a thread."""
+class NotifyListener(NotifyReceiver):
+    """The receiving end of sd_notify (``migd.notify.NotifyReceiver``) with the tests'
+    liveness deadline: a wait fails after 5 s unless the test gives its own."""
 
     def __init__(self) -> None:
-        name = f"migd-test-{uuid.uuid4().hex}"
-        self.address = "@" + name
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind("\0" + name)
-        self._sock.settimeout(0.2)
-        self.messages: list[Message] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
-            with self._lock:
-                self.messages.append(Message(time.monotonic(), fields))
-
-    def snapshot(self) -> list[Message]:
-        with self._lock:
-            return list(self.messages)
-
-    def wait(
-        self, match: Callable[[Message], bool], what: str, *, after: int = 0, timeout: float = 5.0
-    ) -> tuple[int, Message]:
-        """The first message from position ``after`` on that matches; its position too."""
-
-        def find() -> tuple[int, Message] | None:
-            for i, message in enumerate(self.snapshot()[after:], start=after):
-                if match(message):
-                    return i, message
-            return None
-
-        return wait_for(find, what, timeout=timeout, interval=0.02)
-
-    def statuses(self) -> list[str]:
-        return [m.fields["STATUS"] for m in self.snapshot() if "STATUS" in m.fields]
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(timeout=2)
-        self._sock.close()
+        super().__init__("migd-test", timeout=5.0)
 
 
 # ---------------------------------------------------------------------------
@@ -286,7 +227,7 @@ class Daemon:
         assert self.process is not None
         return self.process.pid
 
-    def ready(self, timeout: float = 30.0) -> Message:
+    def ready(self, timeout: float = 30.0) -> NotifyMessage:
         """Wait for the first READY=1 (a fresh daemon applies its layout first)."""
         return self.notify.wait(lambda m: "READY=1" in m, "READY=1", timeout=timeout)[1]
 
@@ -360,7 +301,7 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def sequence_of(messages: Sequence[Message], *assignments: str) -> bool:
+def sequence_of(messages: Sequence[NotifyMessage], *assignments: str) -> bool:
     """Whether the messages contain the assignments in this order (others may come between)."""
     wanted = list(assignments)
     for message in messages:
