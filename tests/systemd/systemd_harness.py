@@ -243,3 +243,33 @@ def python_paths() -> list[str]:
         str(Path(os.path.realpath(sys.executable)).parent.parent),
         str(Path(migd.__file__).resolve().parent.parent),
     ]
+
+
+# A stand-in for a GPU client (DCGM, an exporter, the device plugin): it logs its own
+# starts and stops to one file, so the log is the sequence systemd really ran. (Unit
+# timestamps would not do: systemd unloads an inactive unit and forgets them, and
+# ExecStopPost= races with the cgroup's removal.)
+_STANDIN_UNIT = """\
+[Unit]
+Description=stand-in {name}
+{ordering}
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'echo start %N >> {log}; exec /bin/sleep infinity'
+ExecStop=/bin/sh -c 'echo stop %N >> {log}; kill $MAINPID'
+"""
+
+
+def standin_units(names: Iterable[str], log: Path, *, after_migd: bool = False) -> dict[str, str]:
+    """Unit files for stand-in services ``names`` logging ``start NAME``/``stop NAME`` to
+    ``log``; ``after_migd`` orders them after migd.service, as GPU clients are on a node."""
+    ordering = "After=migd.service\n" if after_migd else ""
+    return {
+        n: _STANDIN_UNIT.format(name=n.removesuffix(".service"), log=log, ordering=ordering)
+        for n in names
+    }
+
+
+def logged_events(log: Path, since: int = 0) -> list[str]:
+    """``stop client-c``, ``start client-a``…: the stand-ins' log from line ``since`` on."""
+    return log.read_text().splitlines()[since:] if log.exists() else []

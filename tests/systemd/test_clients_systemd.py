@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 from daemon_support import SMALL, all_hold, sim, wait_for
-from systemd_harness import TARGET, Systemd, python_paths, scratch_directory, unavailable
+from systemd_harness import (
+    TARGET,
+    Systemd,
+    logged_events,
+    python_paths,
+    scratch_directory,
+    standin_units,
+    unavailable,
+)
 
 REASON = unavailable()
 pytestmark = [
@@ -29,16 +37,6 @@ pytestmark = [
 ]
 
 CLIENTS = ("client-a.service", "client-b.service", "client-c.service")
-
-CLIENT_UNIT = """\
-[Unit]
-Description=stand-in GPU client {name}
-
-[Service]
-Type=simple
-ExecStart=/bin/sh -c 'echo start %N >> {log}; exec /bin/sleep infinity'
-ExecStop=/bin/sh -c 'echo stop %N >> {log}; kill $MAINPID'
-"""
 
 TARGET_UNIT = """\
 [Unit]
@@ -87,8 +85,7 @@ class Node:
         return self.directory / "clients.log"
 
     def events(self, since: int = 0) -> list[str]:
-        """``stop client-c``, ``start client-a``…: the log from line ``since`` on."""
-        return self.log.read_text().splitlines()[since:] if self.log.exists() else []
+        return logged_events(self.log, since)
 
     def fresh(self) -> None:
         """A freshly booted simulated node (MIG off)."""
@@ -109,7 +106,7 @@ def node() -> Iterator[Node]:
     directory = scratch_directory("clients-test")
     (directory / "config.yaml").write_text(CONFIG.format(units=", ".join(CLIENTS)))
     log = directory / "clients.log"
-    units = {u: CLIENT_UNIT.format(name=u.removesuffix(".service"), log=log) for u in CLIENTS}
+    units = standin_units(CLIENTS, log)
     systemd = Systemd(directory, {**units, TARGET: TARGET_UNIT}, keep=python_paths())
     booted = Node(directory, systemd)
     try:

@@ -19,8 +19,10 @@ from systemd_harness import (
     TARGET,
     Systemd,
     installed_unit,
+    logged_events,
     python_paths,
     scratch_directory,
+    standin_units,
     unavailable,
 )
 
@@ -32,19 +34,6 @@ pytestmark = [
 
 CLIENTS = ("dcgm-standin.service", "exporter-standin.service", "idle-standin.service")
 PLUGIN = "plugin-standin.service"
-
-# Each stand-in logs its own starts and stops, so the log is what systemd really ran.
-# Like DCGM or the device plugin on a real node, they are ordered after migd.
-STANDIN_UNIT = """\
-[Unit]
-Description=stand-in {name}
-After=migd.service
-
-[Service]
-Type=simple
-ExecStart=/bin/sh -c 'echo start %N >> {log}; exec /bin/sleep infinity'
-ExecStop=/bin/sh -c 'echo stop %N >> {log}; kill $MAINPID'
-"""
 
 # The boot brings up migd, two of the clients and the plugin; the third client stays off.
 TARGET_UNIT = """\
@@ -107,7 +96,7 @@ class Node:
         )
 
     def events(self, since: int = 0) -> list[str]:
-        return self.log.read_text().splitlines()[since:] if self.log.exists() else []
+        return logged_events(self.log, since)
 
     def labels(self) -> dict[str, str]:
         lines = self.nfd.read_text().splitlines() if self.nfd.exists() else []
@@ -121,10 +110,8 @@ def node() -> Iterator[Node]:
     booted = Node(directory, None)  # type: ignore[arg-type]
     sim("init", str(booted.state), "--gpu", "H200x2")
     (directory / "config.yaml").write_text(booted.config("balanced"))
-    units = {
-        u: STANDIN_UNIT.format(name=u.removesuffix(".service"), log=booted.log)
-        for u in (*CLIENTS, PLUGIN)
-    }
+    # Like DCGM or the device plugin on a real node, the stand-ins come after migd.
+    units = standin_units((*CLIENTS, PLUGIN), booted.log, after_migd=True)
     units["migd.service"] = installed_unit(
         booted.state, directory / "config.yaml", directory / "install"
     )
