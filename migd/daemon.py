@@ -113,6 +113,9 @@ class Drift:
 
     index: int
     text: str  # "holds 1g.18gb×6, config wants 1g.18gb×7"
+    # False for a GPU that could not be read: a reconcile cannot repair it (it reports
+    # it FAILED), so drift repair waits for a GPU it can act on.
+    repairable: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,15 @@ class DriftReport:
 
 
 def find_drift(snapshot: NodeSnapshot, desired: Sequence[DesiredGpu]) -> tuple[Drift, ...]:
-    """The GPUs of ``snapshot`` that differ from their desired layout."""
-    drifted = []
+    """The GPUs of ``snapshot`` that differ from their desired layout, or are unreadable."""
+    drifted = [
+        Drift(g.index, g.unreadable_reason, repairable=False)
+        for g in snapshot.gpus
+        if not g.readable
+    ]
     for want in desired:
         gpu = snapshot.gpu(want.index)
-        if not layout_matches(gpu, want):
+        if gpu.readable and not layout_matches(gpu, want):
             text = f"holds {describe_current(gpu)}, config wants {describe(gpu, want)}"
             drifted.append(Drift(want.index, text))
     return tuple(drifted)
@@ -697,7 +704,8 @@ class Daemon:
         self._drift = report.drifted
         for drift in report.drifted:
             log.warning("drift: GPU %d %s", drift.index, drift.text)
-        if report.drifted and self._settings.drift_check.policy == "repair":
+        repairable = any(d.repairable for d in report.drifted)
+        if repairable and self._settings.drift_check.policy == "repair":
             self._start(ReconcileJob(Trigger.DRIFT, job.loaded))
 
     def _answer(self) -> ReloadAnswer:
@@ -766,7 +774,12 @@ class Daemon:
             else:
                 problems.append(f"config invalid, no GPU touched: {first}{extra}")
         problems += [failure for failure in (self._failure, self._check_failure) if failure]
-        wanted = {d.index for d in self._desired}
+        # An unreadable GPU has no desired layout (nothing is known to resolve one
+        # against), yet it is not in sync: it counts with the GPUs the config covers.
+        unreadable = (
+            {g.index for g in self._snapshot.gpus if not g.readable} if self._snapshot else set()
+        )
+        wanted = {d.index for d in self._desired} | unreadable
         covered = [v for v in gpus if v.index in wanted]
         for view in covered:
             if not view.in_sync and view.reason != self._failure:  # said once, above

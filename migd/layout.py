@@ -262,6 +262,23 @@ class GpuState:
     profiles: tuple[GiProfile, ...] = ()
     instances: tuple[GpuInstance, ...] = ()
     slot_count: int = 8  # units of the placement axis (8, 4 on A30, 12 on RTX PRO 6000)
+    # Set when NVML failed while reading this GPU (GPU_IS_LOST): the GPU is listed so
+    # one bad GPU does not hide the others, but nothing above the index (and whatever
+    # identity was read earlier) is known, so nothing may be planned on it.
+    error: str | None = None  # the NVML error name
+    error_call: str = ""  # the NVML call that answered it
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    @property
+    def unreadable_reason(self) -> str:
+        """``unreadable: GPU_IS_LOST (nvmlDeviceGetHandleByIndex)``; empty when readable."""
+        if self.error is None:
+            return ""
+        call = f" ({self.error_call})" if self.error_call else ""
+        return f"unreadable: {self.error}{call}"
 
     @property
     def device_filter(self) -> str:

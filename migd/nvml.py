@@ -58,6 +58,18 @@ _LIST_BUFFER = 64
 _MAX_PROFILE_INDEX = 64
 _NOT_MIG = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process outside MIG
 
+# Errors that concern the library or the driver rather than one GPU: met while
+# reading a GPU they still fail the whole snapshot, since every GPU would answer alike.
+_NODE_ERRORS = frozenset(
+    {
+        "UNINITIALIZED",
+        "DRIVER_NOT_LOADED",
+        "LIB_RM_VERSION_MISMATCH",
+        "LIBRARY_NOT_FOUND",
+        "FUNCTION_NOT_FOUND",
+    }
+)
+
 # Compute-instance profile index (NVML_COMPUTE_INSTANCE_PROFILE_*) by compute slices,
 # for the rule-based CI table (ids were seen equal to the index).
 _CI_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
@@ -304,14 +316,48 @@ class NvmlAdapter:
         return self._call("nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
 
     def snapshot(self) -> NodeSnapshot:
-        """Every GPU of the node as read now, with the driver and NVML versions."""
-        gpus = tuple(self.gpu(i) for i in range(self.device_count()))
+        """Every GPU of the node as read now, with the driver and NVML versions.
+
+        A GPU whose read fails (it fell off the bus: GPU_IS_LOST) is listed as
+        unreadable instead of failing the snapshot, so the other GPUs can still be
+        reconciled; an error that concerns the library or the driver as a whole fails
+        the snapshot, as does failing to count the GPUs.
+        """
+        gpus = tuple(self._gpu_or_unreadable(i) for i in range(self.device_count()))
         return NodeSnapshot(
             gpus=gpus,
             driver_version=self._version(
                 "nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion
             ),
             nvml_version=self._version("nvmlSystemGetNVMLVersion", pynvml.nvmlSystemGetNVMLVersion),
+        )
+
+    def _gpu_or_unreadable(self, index: int) -> GpuState:
+        try:
+            return self.gpu(index)
+        except NvmlError as exc:
+            if exc.name in _NODE_ERRORS:
+                raise
+            return self._unreadable(index, exc)
+
+    def _unreadable(self, index: int, exc: NvmlError) -> GpuState:
+        """GPU ``index`` marked unreadable, with the identity read before, if any."""
+        with self._lock:
+            ident = self._identities.get(index)
+        return GpuState(
+            index=index,
+            uuid=ident.uuid if ident else "",
+            name=ident.name if ident else "",
+            pci_device_id=ident.pci_device_id if ident else 0,
+            pci_subsystem_id=ident.pci_subsystem_id if ident else 0,
+            bus_id=ident.bus_id if ident else "",
+            memory_total_bytes=ident.memory_total_bytes if ident else 0,
+            # Unknown, not off: callers test ``readable`` before trusting these.
+            mig_capable=False,
+            mig_enabled=False,
+            mig_pending=False,
+            error=exc.name,
+            error_call=exc.operation,
         )
 
     def _version(self, operation: str, fn: Callable[[], bytes | str]) -> str:

@@ -634,6 +634,9 @@ def format_plan(plans: Sequence[GpuPlan], snapshot: NodeSnapshot) -> str:
     for gpu in sorted(snapshot.gpus, key=lambda g: g.index):
         head = f"GPU {gpu.index} {gpu.name} ({gpu.bus_id})"
         plan = by_index.get(gpu.index)
+        if not gpu.readable:
+            lines.append(f"GPU {gpu.index}: {gpu.unreadable_reason}; nothing can be planned on it")
+            continue
         if plan is None:
             lines.append(f"{head}: {describe_current(gpu)}; not covered by the config, left alone")
             continue

@@ -621,11 +621,14 @@ def differences(
 ) -> list[str]:
     """One line per GPU that does not hold its desired layout (``migd assert``).
 
-    Only GPUs with a desired layout are judged; ``mode_only`` compares the MIG mode.
+    Only GPUs with a desired layout are judged, and every GPU that could not be read
+    (its layout cannot be known to be right); ``mode_only`` compares the MIG mode.
     """
-    lines = []
+    lines = [f"GPU {g.index}: {g.unreadable_reason}" for g in snapshot.gpus if not g.readable]
     for want in desired:
         gpu = snapshot.gpu(want.index)
+        if not gpu.readable:
+            continue
         same = mode_matches(gpu, want.mig_enabled) if mode_only else layout_matches(gpu, want)
         if not same:
             lines.append(
@@ -638,6 +641,24 @@ def _result(
     gpu: GpuState, outcome: GpuOutcome, reason: str = "", error: str | None = None
 ) -> GpuResult:
     return GpuResult(index=gpu.index, outcome=outcome, reason=reason, error=error)
+
+
+def unreadable_results(
+    snapshot: NodeSnapshot, say: Callable[[str], None] = lambda line: None
+) -> dict[int, GpuResult]:
+    """A FAILED result for every GPU the snapshot could not read, by index.
+
+    Such a GPU is never planned on or touched: its layout, even whether it is there,
+    is unknown. Its failure is retried like any other, and the next read decides.
+    """
+    results = {}
+    for gpu in snapshot.gpus:
+        if gpu.readable:
+            continue
+        reason = f"{gpu.unreadable_reason}; nothing was done on it"
+        results[gpu.index] = _result(gpu, GpuOutcome.FAILED, reason, gpu.error)
+        say(f"GPU {gpu.index}: failed ({gpu.error}): {reason}")
+    return results
 
 
 def reconcile(
@@ -656,9 +677,12 @@ def reconcile(
     cannot be planned; NVML failures on a GPU become that GPU's FAILED result.
     """
     started = time.monotonic()
-    plans = plan_node(snapshot, desired, force=options.force)
     say = _serialized(options.progress)
-    results: dict[int, GpuResult] = {}
+    # The one place an unreadable GPU is decided: FAILED and untouched, whatever the
+    # config (with nothing read, not even whether the config covers it is known).
+    results = unreadable_results(snapshot, say)
+    desired = [d for d in desired if d.index not in results]
+    plans = plan_node(snapshot, desired, force=options.force)
     todo: list[tuple[GpuState, GpuWork, DesiredGpu]] = []
     for plan in plans:
         gpu = snapshot.gpu(plan.index)
@@ -751,11 +775,13 @@ def restore(
             f"the checkpoint names GPUs this node does not have: {', '.join(missing)}"
         )
     say = _serialized(options.progress)
-    results: dict[int, GpuResult] = {}
+    results = unreadable_results(snapshot, say)
     desired: list[DesiredGpu] = []
     todo: list[tuple[GpuState, GpuRecord]] = []
     for record in checkpoint.gpus:
         gpu = by_uuid[record.uuid]
+        if gpu.index in results:
+            continue  # unreadable: its diff against an unknown state means nothing
         desired.append(
             DesiredGpu(
                 gpu.index,

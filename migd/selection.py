@@ -334,6 +334,10 @@ def _chosen_entries(
     chosen: dict[int, ConfigEntryLike] = {}
     for entry in entries:
         for gpu in gpus:
+            if not gpu.readable:
+                # Nothing is known to select on or resolve against; the reconciler
+                # reports such a GPU FAILED, and no entry governs it here.
+                continue
             if not entry.matches(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
                 continue
             if not gpu.mig_capable:
@@ -354,7 +358,8 @@ def desired_layouts(
 ) -> tuple[DesiredGpu, ...]:
     """The layout of every GPU the selected config covers, by GPU index.
 
-    GPUs no entry covers, and GPUs without MIG that are skipped, get no DesiredGpu.
+    GPUs no entry covers, GPUs without MIG that are skipped and unreadable GPUs get no
+    DesiredGpu.
     Raises SelectionError (an InvalidRequest) listing every problem found, located as
     ``FILE:LINE:COL: key.path:`` where the entries know their file; a problem shared by
     several GPUs of one model is reported once, naming them all.

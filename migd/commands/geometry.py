@@ -18,8 +18,9 @@ from migd import checkpoint as checkpoint_file
 from migd.clients import NodeServices, apply_with_services
 from migd.commands.common import add_config_file, add_selected_config, env, reset_command
 from migd.config import Config, load_config, select_config
-from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK
+from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
 from migd.export import DEFAULT_LABEL, export_config, generate_config, render
+from migd.layout import NodeSnapshot
 from migd.nvml import NvmlAdapter
 from migd.planner import format_plan, plan_node, plan_to_dict
 from migd.reconcile import (
@@ -195,7 +196,18 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         print(f"plan for mig-config {name!r} from {config.source}:")
         print(format_plan(plans, snapshot))
+    if any(not g.readable for g in snapshot.gpus):
+        return EXIT_FAILED  # what apply would answer: that GPU would fail
     return EXIT_BLOCKED if any(p.blocked for p in plans) else EXIT_OK
+
+
+def _whole_node(snapshot: NodeSnapshot, what: str) -> NodeSnapshot:
+    """``snapshot`` when every GPU was read; a record of part of the node would lie."""
+    lost = [g for g in snapshot.gpus if not g.readable]
+    if lost:
+        gpus = "; ".join(f"GPU {g.index}: {g.unreadable_reason}" for g in lost)
+        raise MigdError(f"cannot {what}: {gpus}")
+    return snapshot
 
 
 # ---------------------------------------------------------------------------
@@ -293,6 +305,7 @@ EXPORT_EXAMPLES = """\
 def run_export(args: argparse.Namespace) -> int:
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
+    snapshot = _whole_node(snapshot, "export the node's geometry")
     sys.stdout.write(render(export_config(snapshot, args.config_label), args.output_format))
     return EXIT_OK
 
@@ -342,7 +355,7 @@ CHECKPOINT_EXAMPLES = """\
 def run_checkpoint(args: argparse.Namespace) -> int:
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
-    saved = checkpoint_file.capture(snapshot)
+    saved = checkpoint_file.capture(_whole_node(snapshot, "checkpoint the node"))
     checkpoint_file.write(args.file, saved)
     if args.file != "-":
         print(f"saved the geometry of {len(saved.gpus)} GPU(s) to {args.file}")

@@ -14,8 +14,8 @@ reset. The fault is set on GPU 0 for the instance calls and on GPU 2 for
 - ``migd run`` with a fault that stays until it is cleared: the daemon stays up and
   reports the GPU precisely (``migd status``, metrics, the log), its retries fail
   the same way, the other GPUs hold their layouts, and the first retry after the
-  fault is gone converges. A GPU that falls off the bus is reported and, once back,
-  converged.
+  fault is gone converges. A GPU that falls off the bus is reported failed alone
+  while the other GPUs converge, and is converged once back.
 
 The hang of an NVML call longer than the watchdog, under a real systemd, is at the
 end: the watchdog restarts migd in the middle of a change and the new daemon
@@ -355,30 +355,36 @@ def test_the_daemon_survives_every_fault_of_the_matrix(node: Node, tmp_path: Pat
 
 def test_a_lost_gpu_is_reported_and_converged_once_back(node: Node, tmp_path: Path) -> None:
     """GPU 0 falls off the bus just before a reload: every NVML call on it fails with
-    GPU_IS_LOST, so the reconcile fails before any GPU is touched."""
+    GPU_IS_LOST. GPU 0 alone fails, untouched; GPUs 1 and 2 reach B meanwhile."""
     with daemon_on(node, tmp_path) as (daemon, url):
-        untouched = gpus(daemon.state)
-        mutations = mutating_calls(daemon.state)
+        before = scrape(url)
+        untouched = gpus(daemon.state)[0]
         change_faults(daemon.state, lambda n: sim_faults.add_lost_gpu(n, 0))
         doc = flip(daemon, "B")
         assert doc["phase"] == "degraded"
-        assert "NVML_ERROR_GPU_IS_LOST" in doc["status"] and "GPU is lost" in doc["last_error"]
-        # Nothing was reconciled against B: no GPU may be reported in sync with it.
-        assert "B, 0/3 GPUs in sync" in doc["status"], doc["status"]
-        assert not any(g["in_sync"] for g in doc["gpus"]), doc["gpus"]
+        lost = doc["gpus"][0]
+        assert not lost["in_sync"] and lost["outcome"] == "failed", lost
+        assert "unreadable: GPU_IS_LOST" in lost["reason"], lost
+        assert "GPU 0 failed: unreadable: GPU_IS_LOST" in doc["status"], doc["status"]
+        assert "B, 2/3 GPUs in sync" in doc["status"], doc["status"]
+        assert all(g["in_sync"] for g in doc["gpus"][1:]), doc["gpus"]
         samples = scrape(url)
-        assert all(metric(samples, "migd_gpu_config_in_sync", gpu=str(i)) == 0 for i in range(3))
+        assert metric(samples, "migd_gpu_config_in_sync", gpu="0") == 0
+        assert all(metric(samples, "migd_gpu_config_in_sync", gpu=str(i)) == 1 for i in (1, 2))
         assert metric(samples, "migd_ready") == 0
-        assert "reconciling B failed: " in daemon.log()
-        assert gpus(daemon.state) == untouched and mutating_calls(daemon.state) == mutations
+        assert delta(samples, before, "migd_apply_errors_total", gpu="0", reason="GPU_IS_LOST") >= 1
+        assert "GPU 0: FAILED (GPU_IS_LOST): unreadable: GPU_IS_LOST" in daemon.log()
+        held = gpus(daemon.state)
+        assert held[0] == untouched
+        assert [g.counts() for g in held[1:]] == [SMALL, SMALL]
         assert alive(daemon.pid)
-        # Back on the bus: a retry converges.
+        # Back on the bus: a retry converges GPU 0.
         clear_faults(daemon.state)
         wait_for(lambda: daemon.state_doc().get("phase") == "ready", "ready once back", 30)
         assert [g.counts() for g in gpus(daemon.state)] == [BIG, SMALL, SMALL]
         assert metric(scrape(url), "migd_gpu_config_in_sync") == 3
     summary(
         "fault matrix, lost GPU",
-        "GPU 0 lost before a reload: daemon alive, degraded with GPU_IS_LOST, no GPU "
-        "reported in sync, nothing touched; converged once the GPU was back",
+        "GPU 0 lost before a reload: daemon alive, GPU 0 failed with GPU_IS_LOST and "
+        "untouched, GPUs 1 and 2 converged meanwhile; GPU 0 converged once back",
     )
