@@ -19,29 +19,14 @@ import time
 from collections.abc import Iterator, Mapping
 
 from bench.layouts import Layout, counts
+from migd.commands.common import BEHAVIOUR_ENVIRONMENT
 from migd.notify import NotifyMessage, NotifyReceiver
 
 MIGD = (sys.executable, "-m", "migd")
 
-# The benchmark's own environment must not change how a daemon behaves.
-_SCRUBBED = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-    "INVOCATION_ID",
-    "MIGD_SIMULATE",
-    "MIGD_CONFIG_FILE",
-    "MIG_PARTED_CONFIG_FILE",
-    "MIGD_SELECTED_CONFIG",
-    "MIG_PARTED_SELECTED_CONFIG",
-    "MIGD_RUNTIME_DIR",
-    "MIGD_BOOT_POLICY",
-)
-
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env = {k: v for k, v in os.environ.items() if k not in BEHAVIOUR_ENVIRONMENT}
     env.update(extra or {})
     return env
 

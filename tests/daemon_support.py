@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migd.commands.common import BEHAVIOUR_ENVIRONMENT
 from migd.notify import NotifyMessage, NotifyReceiver
 
 T = TypeVar("T")
@@ -27,22 +28,6 @@ MIGD = (sys.executable, "-m", "migd")
 
 BALANCED = {"1g.18gb": 2, "2g.35gb": 1, "3g.71gb": 1}
 SMALL = {"1g.18gb": 7}
-
-# Variables of the test's own environment that would change how the daemon behaves.
-_SCRUBBED = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-    "INVOCATION_ID",
-    "MIGD_SIMULATE",
-    "MIGD_CONFIG_FILE",
-    "MIG_PARTED_CONFIG_FILE",
-    "MIGD_SELECTED_CONFIG",
-    "MIG_PARTED_SELECTED_CONFIG",
-    "MIGD_RUNTIME_DIR",
-    "MIGD_BOOT_POLICY",
-)
 
 
 def config_text(
@@ -85,7 +70,7 @@ mig-configs:
 
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env = {k: v for k, v in os.environ.items() if k not in BEHAVIOUR_ENVIRONMENT}
     env.update(extra or {})
     return env
 

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from daemon_support import SMALL, all_hold, config_text, sim, wait_for, write_atomically
 from reliability_support import summary
-from systemd_harness import unavailable
+from systemd_harness import requires_systemd
 from test_systemd import Machine, machine  # noqa: F401 (the fixture)
 
-REASON = unavailable()
-pytestmark = [
-    pytest.mark.systemd,
-    pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
-]
+pytestmark = requires_systemd()
 
 
 def test_a_hang_in_the_middle_of_a_change_ends_in_a_watchdog_restart_that_converges(

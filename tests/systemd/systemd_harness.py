@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import pytest
 from paths import REPO
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -69,6 +70,16 @@ def unavailable() -> str | None:
     if probe.returncode != 0:
         return f"namespaces are not permitted here: {probe.stderr.strip()}"
     return None
+
+
+def requires_systemd() -> list[pytest.MarkDecorator]:
+    """The marks of a test module that boots a real systemd: skipped, with the reason,
+    where that cannot be done here."""
+    reason = unavailable()
+    return [
+        pytest.mark.systemd,
+        pytest.mark.skipif(reason is not None, reason=f"real systemd: {reason}"),
+    ]
 
 
 def _below(path: str, directory: str) -> bool:

@@ -25,16 +25,12 @@ from systemd_harness import (
     Systemd,
     logged_events,
     python_paths,
+    requires_systemd,
     scratch_directory,
     standin_units,
-    unavailable,
 )
 
-REASON = unavailable()
-pytestmark = [
-    pytest.mark.systemd,
-    pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
-]
+pytestmark = requires_systemd()
 
 CLIENTS = ("client-a.service", "client-b.service", "client-c.service")
 

@@ -21,16 +21,12 @@ from systemd_harness import (
     installed_unit,
     logged_events,
     python_paths,
+    requires_systemd,
     scratch_directory,
     standin_units,
-    unavailable,
 )
 
-REASON = unavailable()
-pytestmark = [
-    pytest.mark.systemd,
-    pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
-]
+pytestmark = requires_systemd()
 
 CLIENTS = ("dcgm-standin.service", "exporter-standin.service", "idle-standin.service")
 PLUGIN = "plugin-standin.service"

@@ -24,13 +24,15 @@ from daemon_support import (
     wait_for,
     write_atomically,
 )
-from systemd_harness import Systemd, installed_unit, python_paths, scratch_directory, unavailable
+from systemd_harness import (
+    Systemd,
+    installed_unit,
+    python_paths,
+    requires_systemd,
+    scratch_directory,
+)
 
-REASON = unavailable()
-pytestmark = [
-    pytest.mark.systemd,
-    pytest.mark.skipif(REASON is not None, reason=f"real systemd: {REASON}"),
-]
+pytestmark = requires_systemd()
 
 
 # Records the moment it started and what the GPUs held then, as kubelet would find them.
