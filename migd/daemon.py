@@ -27,6 +27,9 @@ systemd sees (sd_notify):
 - ``WATCHDOG=1`` every half interval, withheld while an NVML call has been
   outstanding for longer than that, so a daemon wedged in the driver is restarted;
 - ``STOPPING=1`` on SIGTERM.
+
+None of these waits for systemd: a notify socket nobody reads holds them
+(``migd.notify.Notifier``) and the loop sends them, in order, once it is read again.
 """
 
 from __future__ import annotations
@@ -399,6 +402,7 @@ class Daemon:
                 self._publish()
                 self._take_up(Trigger.STARTUP, self._startup, ())
                 self._loop()
+                self._notifier.flush()  # a last chance for STOPPING=1 and the last status
             finally:
                 watcher.stop()
                 if self._job is None:
@@ -410,6 +414,8 @@ class Daemon:
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
+            # What systemd could not take before (its socket was full) goes first, in order.
+            self._notifier.flush()
             self._fire_timers(now)
             self._start_due_work(now)
             self._publish()
@@ -432,6 +438,8 @@ class Daemon:
             deadlines.append(self._watchdog_at)
         if self._job is None and not self._stopping:
             deadlines += [self._retry_at, self._drift_at]
+        if self._notifier.holding:
+            deadlines.append(now + self._notifier.RETRY_SECONDS)
         due = [d for d in deadlines if d is not None]
         return max(0.0, min(due) - now) if due else None
 

@@ -13,11 +13,13 @@ both read the daemon's datagrams the same way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -47,7 +49,30 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
 
 
 class Notifier:
-    """Sends sd_notify datagrams to ``NOTIFY_SOCKET``; does nothing when it is unset."""
+    """Sends sd_notify datagrams to ``NOTIFY_SOCKET``; does nothing when it is unset.
+
+    A send never blocks. systemd reads its notify socket from its own main loop, and a
+    datagram socket takes only a few messages (``net.unix.max_dgram_qlen``, 10 by
+    default) before a blocking ``sendto`` waits for the reader: a busy or stalled
+    systemd would then stop migd's loop, and with it reloads, stops and GPU repairs.
+    So the socket is non-blocking, and what does not fit is held here: READY=1,
+    RELOADING=1, STOPPING=1 and the rest are delivered in order once systemd reads
+    again. Only the latest STATUS=, WATCHDOG=1 and EXTEND_TIMEOUT_USEC= is worth
+    delivering late, so a newer one replaces an older one still held (older STATUS=
+    lines are dropped, and that is logged). The daemon's loop calls :meth:`flush`
+    every ``RETRY_SECONDS`` while :attr:`holding` says something waits.
+    """
+
+    # How often the loop retries what systemd has not taken yet, in seconds.
+    RETRY_SECONDS = 0.2
+    # A reader stalled this long is logged, at most once every WARN_SECONDS.
+    WARN_AFTER = 5.0
+    WARN_SECONDS = 60.0
+    # Datagrams held at most: reloads while systemd never reads would grow the list
+    # without end; past this many the oldest goes (and that is logged).
+    MAX_HELD = 64
+    # Datagrams of which only the newest matters: a later one replaces one held.
+    LATEST_ONLY = ("STATUS", "WATCHDOG", "EXTEND_TIMEOUT_USEC")
 
     def __init__(self, address: str | None) -> None:
         # An address starting with '@' is in the abstract namespace.
@@ -55,7 +80,12 @@ class Notifier:
             address = "\0" + address[1:]
         self._address = address or None
         self._socket: socket.socket | None = None
-        self._warned = False
+        self._warned = False  # an undeliverable address is said once
+        self._held: deque[tuple[str, ...]] = deque()
+        self._stalled_since: float | None = None  # since when the socket has been full
+        self._stall_said = False  # this stall has been logged
+        self._warned_at: float | None = None  # when a stall was last logged
+        self._dropped = 0  # STATUS= lines replaced before systemd read them, this stall
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Notifier:
@@ -65,23 +95,93 @@ class Notifier:
     def enabled(self) -> bool:
         return self._address is not None
 
+    @property
+    def holding(self) -> bool:
+        """Whether datagrams wait for systemd to read: the loop must :meth:`flush` soon."""
+        return bool(self._held)
+
     def send(self, *assignments: str) -> None:
-        """Send ``VAR=value`` assignments together, in one datagram.
+        """Send ``VAR=value`` assignments together, in one datagram, without blocking.
 
         systemd reads one datagram as one message: ``RELOADING=1`` must arrive with
-        its ``MONOTONIC_USEC=``. A failure to send is logged once and otherwise ignored:
-        losing systemd must not stop the daemon from keeping the GPUs right.
+        its ``MONOTONIC_USEC=``. When the socket is full the datagram is held and sent
+        by a later :meth:`flush`, after those held before it. A failure to send other
+        than a full socket is logged once and otherwise ignored: losing systemd must
+        not stop the daemon from keeping the GPUs right.
         """
         if self._address is None:
             return
+        datagram = tuple(assignments)
+        kind = _kind(datagram)
+        if kind in self.LATEST_ONLY:
+            replaced = [held for held in self._held if _kind(held) == kind]
+            for held in replaced:
+                self._held.remove(held)
+            if kind == "STATUS":
+                self._dropped += len(replaced)
+        if len(self._held) >= self.MAX_HELD:
+            lost = self._held.popleft()
+            log.error("systemd has not read %d notifications: dropping %s", self.MAX_HELD, lost[0])
+        self._held.append(datagram)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the held datagrams, oldest first, until the socket is full again."""
+        while self._held:
+            if not self._deliver(self._held[0]):
+                self._note_stall()
+                return
+            self._held.popleft()
+        if self._stall_said:
+            assert self._stalled_since is not None
+            log.info(
+                "systemd reads notifications again after %.1f s; %d STATUS= line(s) dropped",
+                time.monotonic() - self._stalled_since,
+                self._dropped,
+            )
+        self._stalled_since = None
+        self._stall_said = False
+        self._dropped = 0
+
+    def _deliver(self, datagram: tuple[str, ...]) -> bool:
+        """Send one datagram; False when the socket is full (try again later)."""
+        assert self._address is not None
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)
         try:
-            self._socket.sendto("\n".join(assignments).encode(), self._address)
+            self._socket.sendto("\n".join(datagram).encode(), self._address)
+        except (BlockingIOError, InterruptedError):
+            return False
         except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return False
             if not self._warned:
                 log.warning("cannot notify systemd at %s: %s", self._address, exc)
                 self._warned = True
+        return True
+
+    def _note_stall(self) -> None:
+        """Log a reader that stays stalled: after ``WARN_AFTER`` s, then at most every
+        ``WARN_SECONDS`` (a systemd busy for a moment is no news)."""
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+            return
+        if now - self._stalled_since < self.WARN_AFTER:
+            return
+        if self._warned_at is not None and now - self._warned_at < self.WARN_SECONDS:
+            return
+        self._warned_at = now
+        self._stall_said = True
+        log.warning(
+            "systemd has not read notifications for %.0f s (its socket is full): holding "
+            "%d (%s) until it does; %d STATUS= line(s) dropped meanwhile",
+            now - self._stalled_since,
+            len(self._held),
+            ", ".join(dict.fromkeys(_kind(held) for held in self._held)),
+            self._dropped,
+        )
 
     def ready(self) -> None:
         self.send("READY=1")
@@ -103,9 +203,22 @@ class Notifier:
         self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
     def close(self) -> None:
+        """Close the socket; what systemd has still not read is given up (and said)."""
+        if self._held:
+            log.warning(
+                "exiting with %d notification(s) systemd has not read: %s",
+                len(self._held),
+                ", ".join(held[0] for held in self._held),
+            )
+            self._held.clear()
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+def _kind(datagram: tuple[str, ...]) -> str:
+    """The variable a datagram is about: the name of its first assignment."""
+    return datagram[0].partition("=")[0] if datagram else ""
 
 
 class SystemdStatus(DaemonObserver):
@@ -167,11 +280,20 @@ class NotifyReceiver:
         self._messages: list[NotifyMessage] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._paused = False  # pause() asked the thread to stop reading
+        self._parked = False  # the thread has stopped reading
         self._thread = threading.Thread(target=self._read, name="notify-receiver", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         while not self._closed:
+            with self._cond:
+                if self._paused:  # the datagrams stay queued in the socket
+                    self._parked = True
+                    self._cond.notify_all()
+                    self._cond.wait(0.1)
+                    continue
+                self._parked = False
             try:
                 data = self._sock.recv(65536)
             except TimeoutError:
@@ -187,6 +309,23 @@ class NotifyReceiver:
             with self._cond:
                 self._messages.append(NotifyMessage(at, fields))
                 self._cond.notify_all()
+
+    def pause(self) -> None:
+        """Stop reading, as a busy systemd does: the socket fills and senders find it full.
+
+        Returns once the reading thread has stopped: nothing arrives after that until
+        :meth:`resume`.
+        """
+        with self._cond:
+            self._paused = True
+            if not self._cond.wait_for(lambda: self._parked or self._closed, timeout=10):
+                raise TimeoutError("the notify receiver did not stop reading within 10 s")
+
+    def resume(self) -> None:
+        """Read again: what queued in the socket meanwhile arrives, in order."""
+        with self._cond:
+            self._paused = self._parked = False
+            self._cond.notify_all()
 
     def count(self) -> int:
         """How many messages have arrived: a mark to wait from (``after=``)."""

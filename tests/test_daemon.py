@@ -24,6 +24,7 @@ from daemon_support import (
     destroy_one_instance,
     layouts,
     running,
+    sequence_of,
     sim,
     wait_for,
     write_atomically,
@@ -67,6 +68,84 @@ def test_sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram(
         daemon.notify.wait(lambda m: "STOPPING=1" in m, "STOPPING=1", after=at)
         assert daemon.wait(timeout=15) == 0
         assert "exits with status 0" in daemon.log()
+
+
+def _stalled(daemon: Daemon) -> None:
+    """systemd too busy to read its notify socket, from before the daemon starts."""
+    daemon.notify.pause()
+
+
+def _phase(daemon: Daemon, phase: str, generation: int = 0) -> bool:
+    doc = daemon.state_doc()
+    return doc.get("phase") == phase and doc.get("reload_generation", -1) >= generation
+
+
+def test_a_notify_socket_nobody_reads_never_stops_the_daemon(tmp_path: Path) -> None:
+    with running(tmp_path, config_text(), prepare=_stalled) as daemon:
+        # The first ten or so datagrams fill the socket; the daemon goes on regardless.
+        wait_for(lambda: _phase(daemon, "ready"), "ready, in the state file", timeout=30)
+        proc = daemon.reload()
+        assert proc.returncode == 0, proc.stderr
+        assert "ready: balanced, 2/2 GPUs in sync" in proc.stdout
+        write_atomically(daemon.config, config_text("small"))
+        wait_for(lambda: all_hold(daemon.state, SMALL), "the edit applied", timeout=10)
+        wait_for(lambda: _phase(daemon, "ready", 2), "the edit's outcome published")
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert daemon.notify.count() == 0  # systemd read nothing all along
+        assert "exiting with" in daemon.log() and "systemd has not read" in daemon.log()
+
+
+def test_notifications_held_for_a_stalled_reader_arrive_in_order_once_it_reads(
+    tmp_path: Path,
+) -> None:
+    env = {"WATCHDOG_USEC": "2000000"}
+    with running(tmp_path, config_text(), prepare=_stalled, env=env) as daemon:
+        stalled_at = time.monotonic()
+        wait_for(lambda: _phase(daemon, "ready"), "ready, in the state file", timeout=30)
+        proc = daemon.reload()
+        assert proc.returncode == 0, proc.stderr
+        write_atomically(daemon.config, config_text("small"))
+        wait_for(lambda: _phase(daemon, "ready", 2), "the edit applied", timeout=10)
+        assert all_hold(daemon.state, SMALL)
+        # The reader reads nothing for 20 s in all, then drains.
+        time.sleep(max(0.0, stalled_at + 20 - time.monotonic()))
+        assert daemon.notify.count() == 0
+        assert "systemd has not read notifications for" in daemon.log()
+        resumed = time.monotonic()
+        daemon.notify.resume()
+
+        daemon.ready()
+        # Every READY=1 and RELOADING=1 held while systemd did not read, in order; the
+        # newest status; and the watchdog pings resume.
+        wait_for(
+            lambda: sequence_of(
+                daemon.notify.snapshot(),
+                "READY=1",
+                "RELOADING=1",
+                "READY=1",
+                "RELOADING=1",
+                "READY=1",
+            ),
+            "READY=1, then two reloads, in order",
+        )
+        messages = daemon.notify.snapshot()
+        reloads = [m for m in messages if "RELOADING=1" in m]
+        assert len(reloads) == 2 and all("MONOTONIC_USEC" in m.fields for m in reloads)
+        wait_for(
+            lambda: daemon.notify.statuses()[-1] == "ready: small, 2/2 GPUs in sync",
+            "the status as it is now",
+        )
+        wait_for(
+            lambda: any("WATCHDOG=1" in m for m in daemon.notify.snapshot() if m.at > resumed),
+            "a watchdog ping",
+        )
+        wait_for(lambda: "systemd reads notifications again" in daemon.log(), "the end logged")
+
+        at = daemon.notify.count()
+        daemon.send(signal.SIGTERM)
+        daemon.notify.wait(lambda m: "STOPPING=1" in m, "STOPPING=1", after=at)
+        assert daemon.wait(timeout=10) == 0
 
 
 def test_watchdog_pings_and_withholds_them_while_an_nvml_call_hangs(tmp_path: Path) -> None:

@@ -45,6 +45,60 @@ def test_notifier_sends_utf8_assignments_in_one_datagram() -> None:
         listener.close()
 
 
+def test_a_full_notify_socket_never_blocks_and_holds_what_systemd_must_see(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="migd.notify")
+    listener = NotifyListener()
+    listener.pause()  # systemd busy: the socket takes a few datagrams, then is full
+    notifier = Notifier(listener.address)
+    notifier.WARN_AFTER = 0.0  # say the stall at once (the daemon waits a few seconds)
+
+    def send_while_nobody_reads() -> None:
+        for n in range(30):
+            notifier.status(f"step {n}")
+        notifier.ready()
+        notifier.reloading()
+        notifier.status("later")
+        for _ in range(3):
+            notifier.watchdog()
+        notifier.stopping()
+        notifier.flush()  # still full: nothing more goes, nothing waits
+
+    try:
+        sender = threading.Thread(target=send_while_nobody_reads, daemon=True)
+        sender.start()
+        sender.join(timeout=10)
+        assert not sender.is_alive(), "a send blocked on the full socket"
+        assert notifier.holding
+        stalls = [r for r in caplog.records if "has not read notifications" in r.getMessage()]
+        assert len(stalls) == 1, stalls  # said once, not once per datagram
+
+        # systemd reads again; the loop's retries send what was held, in order.
+        listener.resume()
+        wait_for(lambda: (notifier.flush(), not notifier.holding)[1], "the held datagrams sent")
+        wait_for(lambda: "STOPPING=1" in listener.snapshot()[-1], "STOPPING=1")
+        fields = [dict(m.fields) for m in listener.snapshot()]
+        taken = next(i for i, f in enumerate(fields) if "READY" in f)
+        assert 0 < taken < 30
+        assert fields[:taken] == [{"STATUS": f"step {n}"} for n in range(taken)]
+        reloading = fields[taken + 1]
+        assert set(reloading) == {"RELOADING", "MONOTONIC_USEC"}
+        # The statuses in between are dropped: only the newest is worth showing late.
+        # One WATCHDOG=1 stands for the three pings.
+        assert fields[taken:] == [
+            {"READY": "1"},
+            reloading,
+            {"STATUS": "later"},
+            {"WATCHDOG": "1"},
+            {"STOPPING": "1"},
+        ]
+        assert f"{30 - taken} STATUS= line(s) dropped" in caplog.records[-1].getMessage()
+    finally:
+        notifier.close()
+        listener.close()
+
+
 def test_notifier_without_socket_does_nothing() -> None:
     notifier = Notifier.from_environ({})
     assert not notifier.enabled

@@ -218,6 +218,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             metrics.server.stop()
+        notifier.close()
         lock.release()
 
 
