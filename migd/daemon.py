@@ -13,7 +13,7 @@ so the loop stays responsive while a GPU is being changed: it keeps pinging the
 watchdog, and a SIGTERM is answered at once with ``STOPPING=1``. The worker reports
 back with an event; only the loop acts on the outcome. A stop waits for the job in
 progress: the reconciler is bounded and finishes or rolls back each GPU it started,
-so no GPU is ever left half-built.
+so no GPU is ever left half-built. Nothing new starts after ``STOPPING=1``.
 
 systemd sees (sd_notify):
 
@@ -273,10 +273,16 @@ class ReconcileJob:
     reload: bool = False  # completes a reload: READY=1 and the answers when done
     tokens: tuple[str, ...] = ()  # `migd reload` requests this job answers
 
+    def describe(self) -> str:
+        return f"the {self.trigger.value} reconcile of {self.loaded.name}"
+
 
 @dataclass(frozen=True)
 class DriftJob:
     loaded: Loaded
+
+    def describe(self) -> str:
+        return f"the drift check of {self.loaded.name}"
 
 
 Job = ReconcileJob | DriftJob
@@ -554,6 +560,17 @@ class Daemon:
         self._start(ReconcileJob(trigger, loaded, reload=reload, tokens=tokens))
 
     def _start(self, job: Job) -> None:
+        """Run ``job`` in the worker thread; never once stopping.
+
+        Every job starts here (startup, reloads, file edits, retries, drift checks and
+        the repairs they find), so this is where a stop keeps anything new from
+        beginning: after STOPPING=1 only the job already running may touch a GPU, and
+        it finishes or rolls back. The next start of migd picks up from the node as it
+        finds it.
+        """
+        if self._stopping:
+            log.info("stopping: %s is not started", job.describe())
+            return
         self._job = job
         self._progress = ""
         loaded = job.loaded
@@ -661,6 +678,8 @@ class Daemon:
             self._schedule_retry()
 
     def _schedule_retry(self) -> None:
+        if self._stopping:
+            return  # nothing is tried again once stopping (the next start does)
         retry = self._settings.retry
         delay = self._retry_delay or retry.initial
         self._retry_at = time.monotonic() + delay

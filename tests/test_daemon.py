@@ -332,6 +332,33 @@ def test_drift_is_repaired(tmp_path: Path) -> None:
         assert "drift: GPU 1 holds" in daemon.log()
 
 
+def test_a_stop_during_a_drift_check_leaves_the_drift_unrepaired(tmp_path: Path) -> None:
+    with running(tmp_path, config_text(drift="1s")) as daemon:
+        daemon.ready()
+        # A drift check reads GPU 0, then GPU 1 (once each: nobody else reads GPU 1).
+        # The next check's read of GPU 1 hangs 8 s, the one after that 3 s.
+        mig_mode = ["--call", "nvmlDeviceGetMigMode", "--gpu", "1"]
+        sim("fault", str(daemon.state), *mig_mode, "--hang", "8")
+        sim("fault", str(daemon.state), *mig_mode, "--hang", "3", "--after", "1", "--count", "1")
+
+        def reads_of_gpu_1() -> int:
+            # The second fault counts every read, from its start (the first stops at one).
+            doc = json.loads(sim("show", str(daemon.state), "--json"))
+            return doc["faults"]["calls"][1]["seen"]
+
+        wait_for(lambda: reads_of_gpu_1() == 1, "a drift check held in GPU 1", timeout=10)
+        # Drift, behind that check: the one after it finds it, and is held in turn.
+        destroy_one_instance(daemon.state, 0)
+        wait_for(lambda: reads_of_gpu_1() == 2, "the next drift check held in GPU 1", timeout=15)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        stop = daemon.log().index("SIGTERM: stopping once the job in progress has finished")
+        after_stop = daemon.log()[stop:]
+        assert "drift: GPU 0 holds" in after_stop  # the check in flight found the drift
+        assert layouts(daemon.state)[0] != BALANCED  # and nothing repaired it
+        assert "stopping: the drift reconcile of balanced is not started" in after_stop
+
+
 def test_drift_is_only_reported_under_policy_report(tmp_path: Path) -> None:
     with running(tmp_path, config_text(drift="1s", policy="report")) as daemon:
         daemon.ready()

@@ -17,7 +17,17 @@ import pytest
 from daemon_support import NotifyListener, config_text, migd, wait_for
 from paths import REPO
 
-from migd.daemon import Daemon, DaemonOptions, Drift, DriftReport, Loaded, StopSignal, load_selected
+from migd.daemon import (
+    ConfigTouched,
+    Daemon,
+    DaemonOptions,
+    Drift,
+    DriftReport,
+    Loaded,
+    ReloadSignal,
+    StopSignal,
+    load_selected,
+)
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.notify import Notifier, watchdog_interval
@@ -229,17 +239,22 @@ def test_install_unit_names_this_migd_and_the_simulated_node(tmp_path: Path) -> 
 
 
 class FakeNode:
-    """Answers reconciles with the outcomes given, one per call (the last one repeats)."""
+    """Answers reconciles with the outcomes given, one per call (the last one repeats).
+
+    A reconcile waits for ``gate``, a drift check for ``check_gate``, when given.
+    """
 
     def __init__(
         self,
         outcomes: Sequence[GpuOutcome | BaseException],
         drift: tuple[Drift, ...] = (),
         gate: threading.Event | None = None,
+        check_gate: threading.Event | None = None,
     ) -> None:
         self.outcomes = list(outcomes)
         self.drift = drift
         self.gate = gate
+        self.check_gate = check_gate
         self.reconciles: list[str] = []
         self.checks = 0
 
@@ -263,6 +278,8 @@ class FakeNode:
 
     def check(self, loaded: Loaded) -> DriftReport:
         self.checks += 1
+        if self.check_gate is not None:
+            self.check_gate.wait(timeout=30)
         return DriftReport(NodeSnapshot(()), (DesiredGpu(0, True),), self.drift)
 
     def oldest_call_started(self) -> float | None:
@@ -432,6 +449,53 @@ def test_stop_waits_for_the_job_in_progress(tmp_path: Path) -> None:
     assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.APPLIED)]
     assert not any("READY=1" in m for m in listener.snapshot())
     assert any("STOPPING=1" in m for m in listener.snapshot())
+
+
+def _stop_while(
+    held: Callable[[], bool], gate: threading.Event, then: Callable[[Daemon], None] | None = None
+) -> Callable[[Daemon, Recorder], None]:
+    """Steer a drive: once ``held()`` (a job waits at ``gate``), SIGTERM; ``then``; release."""
+
+    def steer(daemon: Daemon, recorder: Recorder) -> None:
+        wait_for(held, "the job held")
+        daemon.post(StopSignal(signal.SIGTERM))
+        wait_for(lambda: recorder.views[-1].phase is Phase.STOPPING, "stopping")
+        if then is not None:
+            then(daemon)
+        gate.set()
+
+    return steer
+
+
+def test_a_stop_during_a_drift_check_starts_no_repair(tmp_path: Path) -> None:
+    gate = threading.Event()
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    node = FakeNode([GpuOutcome.APPLIED], drift=drift, check_gate=gate)
+    config = config_text(drift="0.05s")  # policy repair
+    code, recorder, _ = drive(
+        tmp_path, node, config=config, during=_stop_while(lambda: node.checks == 1, gate)
+    )
+    assert code == 0
+    assert node.checks == 1
+    assert node.reconciles == ["balanced"]  # the startup only: the drift found is not repaired
+    assert recorder.views[-1].gpus[0].reason.startswith("drifted: holds 1g.18gb×6")
+
+
+def test_a_stop_during_a_failing_change_starts_no_retry_and_no_reload(tmp_path: Path) -> None:
+    gate = threading.Event()
+    node = FakeNode([GpuOutcome.FAILED], gate=gate)
+    config = config_text(retry_initial="0.05s", drift="0.05s")
+
+    def sighup_and_edit(daemon: Daemon) -> None:
+        daemon.post(ReloadSignal())
+        (tmp_path / "config.yaml").write_text(config_text("small", drift="0.05s"))
+        daemon.post(ConfigTouched())
+
+    steer = _stop_while(lambda: node.reconciles == ["balanced"], gate, then=sighup_and_edit)
+    code, recorder, _ = drive(tmp_path, node, config=config, during=steer)
+    assert code == 0
+    assert node.reconciles == ["balanced"] and node.checks == 0
+    assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.FAILED)]
 
 
 def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> None:

@@ -164,8 +164,8 @@ with a degraded status, strict exits non-zero (2 for an invalid config).
 systemd sees STATUS= lines, RELOADING=1 and READY=1 around every reload,
 EXTEND_TIMEOUT_USEC during long changes, WATCHDOG=1 when WatchdogSec= is set (withheld
 while an NVML call is stuck, so systemd restarts a daemon wedged in the driver) and
-STOPPING=1 on SIGTERM. A stop lets a change in progress finish or roll back, then
-exits 0.
+STOPPING=1 on SIGTERM. A stop lets a change in progress finish or roll back, starts
+nothing new (no retry, reload or drift repair), then exits 0.
 """
 
 RUN_EPILOG = """\
