@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from yaml.nodes import Node
 
+from migd.command import CommandResult, run_command
 from migd.config import (
     YamlReader,
     is_null,
@@ -55,12 +56,10 @@ from migd.hooks import (
     NO_HOOKS,
     PRE_APPLY_CONFIG,
     PRE_APPLY_MODE,
-    CommandResult,
     HookContext,
     HookRun,
     HooksFile,
     load_hooks,
-    run_command,
     run_stage,
 )
 from migd.layout import DesiredGpu, NodeSnapshot
