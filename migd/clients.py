@@ -552,9 +552,7 @@ def apply_with_services(
             desired_layouts(now, entries) if change.any else desired,
             options,
             config_name=name,
-            reset_timeout=config.settings.command_timeout
-            if reset_timeout is None
-            else reset_timeout,
+            reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
         )
 
     context = HookContext(

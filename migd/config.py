@@ -152,6 +152,9 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
 DEFAULT_RESET_COMMAND = ("nvidia-smi", "-r", "-i", "{bus_ids}")
 # Placeholders migd fills in the reset command (comma-separated PCI bus ids).
 RESET_COMMAND_PLACEHOLDERS = frozenset({"bus_ids"})
+# How long the reset command may run. Longer than a hook's limit: resetting GPUs
+# behind an NVSwitch fabric takes minutes on real hardware.
+DEFAULT_RESET_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class Settings:
     boot_policy: BootPolicy = "continue"
     retry: RetrySettings = field(default_factory=RetrySettings)
     reset_command: tuple[str, ...] = DEFAULT_RESET_COMMAND
+    reset_timeout: float = DEFAULT_RESET_TIMEOUT
     command_timeout: float = 120.0
     hooks_file: str | None = None
     gpu_clients: GpuClientsSettings = field(default_factory=GpuClientsSettings)
@@ -1363,6 +1367,7 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
     "boot-policy": _Field("boot_policy", _choice_parser("continue", "strict")),
     "retry": _Field("retry", _read_retry),
     "reset-command": _Field("reset_command", _argv_parser(RESET_COMMAND_PLACEHOLDERS)),
+    "reset-timeout": _Field("reset_timeout", _duration_parser(zero_allowed=False)),
     "command-timeout": _Field("command_timeout", _duration_parser(zero_allowed=False)),
     "hooks-file": _Field("hooks_file", read_path),
     "gpu-clients": _Field(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migd.checkpoint import Checkpoint, GpuRecord, capture_gpu, gpu_matches, restore_diff
-from migd.config import DEFAULT_RESET_COMMAND
+from migd.command import run_command
+from migd.config import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
 from migd.errors import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -59,9 +59,6 @@ from migd.selection import describe, desired_layouts
 if TYPE_CHECKING:
     from migd.config import Config
     from migd.nvml import NvmlAdapter
-
-# How long the reset command may run before the GPUs count as impossible to reset.
-RESET_TIMEOUT_SECONDS = 300.0
 
 
 class GpuOutcome(enum.Enum):
@@ -281,27 +278,21 @@ def _translate_desired(desired: DesiredGpu, before: GpuState, after: GpuState) -
 
 
 def reset_gpus(command: Sequence[str], bus_ids: Sequence[str], timeout: float) -> str | None:
-    """Run the reset command for ``bus_ids`` (no shell); None on success, else why not."""
+    """Run the reset command for ``bus_ids``; None on success, else why not.
+
+    It runs as every external program does (``migd.command``): no shell, its own
+    process group killed at ``timeout`` (``settings.reset-timeout``), its output in
+    files a child left running cannot block migd on. GPUs whose reset failed or was
+    cut short count as not reset.
+    """
     joined = ",".join(bus_ids)
     argv = [arg.replace("{bus_ids}", joined) for arg in command]
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return f"{argv[0]} did not finish within {timeout:g} s"
-    except OSError as exc:
-        return f"{argv[0]}: {exc.strerror or exc}"
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
-        detail = f": {lines[-1]}" if lines else ""
-        return f"{argv[0]} exited with status {proc.returncode}{detail}"
-    return None
+    result = run_command(argv, timeout=timeout)
+    if result.ok:
+        return None
+    if result.returncode is None and not result.timed_out:
+        return result.error  # it did not start; the error names the program
+    return f"{argv[0]} {result.error}"
 
 
 # ---------------------------------------------------------------------------
@@ -668,7 +659,7 @@ def reconcile(
     options: ReconcileOptions,
     *,
     config_name: str = "",
-    reset_timeout: float = RESET_TIMEOUT_SECONDS,
+    reset_timeout: float = DEFAULT_RESET_TIMEOUT,
 ) -> ReconcileResult:
     """Bring every GPU with a desired layout to it; report each GPU's outcome.
 
@@ -750,7 +741,7 @@ def reconcile_config(
         desired,
         options,
         config_name=name,
-        reset_timeout=config.settings.command_timeout if reset_timeout is None else reset_timeout,
+        reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
     )
 
 
@@ -760,7 +751,7 @@ def restore(
     checkpoint: Checkpoint,
     options: ReconcileOptions,
     *,
-    reset_timeout: float = RESET_TIMEOUT_SECONDS,
+    reset_timeout: float = DEFAULT_RESET_TIMEOUT,
 ) -> ReconcileResult:
     """Put every GPU recorded in ``checkpoint`` back to its exact geometry.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -175,11 +176,18 @@ def gi_ids(state: Node, gpu: int) -> dict[tuple[int, int, int], int]:
     return {(gi.profile_id, gi.start, gi.size): gi.id for gi in state.gpus[gpu].gpu_instances}
 
 
-def config_text(layouts: Mapping[str, str], selected: str | None = None) -> str:
-    """A small mig-parted config: name → one 'devices: all' entry (``""`` = MIG off)."""
+def config_text(
+    layouts: Mapping[str, str],
+    selected: str | None = None,
+    settings: Mapping[str, object] | None = None,
+) -> str:
+    """A small mig-parted config: name → one 'devices: all' entry (``""`` = MIG off),
+    with ``settings:`` as given (written as JSON, which YAML reads)."""
     lines = ["version: v1"]
     if selected:
         lines.append(f"selected-config: {selected}")
+    if settings:
+        lines.append(f"settings: {json.dumps(settings)}")
     lines.append("mig-configs:")
     for name, layout in layouts.items():
         lines.append(f"  {name}:")

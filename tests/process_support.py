@@ -1,12 +1,38 @@
-"""Watching the processes a test's commands leave behind."""
+"""Calls that must return, and processes that must end, within a liveness deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def finishes_within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """``call()``'s value, or a test failure naming ``what`` when it has not returned
+    within ``seconds`` (it is then left running in a daemon thread)."""
+    outcome: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="finishes-within", daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), f"{what} still runs after {seconds:g} s"
+    if errors:
+        raise errors[0]
+    return outcome[0]
 
 
 def ended(pid: int, timeout: float = 5.0) -> bool:

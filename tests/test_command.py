@@ -4,12 +4,11 @@ programs: no shell, a timeout that kills what the program started, bounded outpu
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
-from process_support import end, ended
+from process_support import end, ended, finishes_within
 
-from migd.command import CommandResult, run_command
+from migd.command import run_command
 
 SH = "/bin/sh"
 
@@ -33,15 +32,11 @@ def test_a_child_left_holding_the_output_does_not_hold_migd(tmp_path: Path) -> N
     pidfile = tmp_path / "child.pid"
     # Exits at once, leaving a child that keeps stdout and stderr open for 60 s.
     script = f"sleep 60 & echo $! > {pidfile}; echo done"
-    results: list[CommandResult] = []
-    runner = threading.Thread(
-        target=lambda: results.append(run_command([SH, "-c", script], timeout=30)), daemon=True
-    )
-    runner.start()
     try:
-        runner.join(timeout=10)
-        assert not runner.is_alive(), "run_command waited for the child holding its output"
-        assert results[0].ok and results[0].stdout == "done\n"
+        result = finishes_within(
+            10, lambda: run_command([SH, "-c", script], timeout=30), "run_command"
+        )
+        assert result.ok and result.stdout == "done\n"
     finally:
         end(int(pidfile.read_text()))
 

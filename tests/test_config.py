@@ -596,6 +596,7 @@ def test_settings_defaults() -> None:
     assert settings.boot_policy == "continue"
     assert settings.retry == RetrySettings(5.0, 300.0)
     assert settings.reset_command == ("nvidia-smi", "-r", "-i", "{bus_ids}")
+    assert settings.reset_timeout == 300.0
     assert settings.command_timeout == 120.0
     assert settings.device_plugin.strategy == "mixed"
     assert (settings.hooks_file, settings.cdi_refresh_command, settings.nfd.path) == (
@@ -620,6 +621,7 @@ def test_settings_every_key() -> None:
           boot-policy: strict
           retry: {initial: 2.5, max: 1h}
           reset-command: ["/usr/bin/nvidia-smi", "-r", "-i", "{bus_ids}"]
+          reset-timeout: 10m
           command-timeout: 30s
           hooks-file: /etc/nvidia-mig-manager/hooks.yaml
           gpu-clients:
@@ -640,6 +642,7 @@ def test_settings_every_key() -> None:
         boot_policy="strict",
         retry=RetrySettings(2.5, 3600.0),
         reset_command=("/usr/bin/nvidia-smi", "-r", "-i", "{bus_ids}"),
+        reset_timeout=600.0,
         command_timeout=30.0,
         hooks_file="/etc/nvidia-mig-manager/hooks.yaml",
         gpu_clients=GpuClientsSettings(
@@ -689,6 +692,7 @@ def test_drift_check_zero_disables_and_tls_without_client_ca() -> None:
         ("command-timeout: 2w", "duration"),
         ("command-timeout: 1000h", "longer than a week"),
         ("command-timeout: .nan", "duration"),
+        ("reset-timeout: 0", "more than 0"),
         ("drift-check: {interval: -5}", "0 (which disables it) or more"),
         ("drift-check: {policy: fix}", "repair, report"),
         ("boot-policy: strcit", "did you mean strict"),

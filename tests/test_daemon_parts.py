@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 from daemon_support import NotifyListener, config_text, migd, wait_for
+from geometry_support import A100, make_node, scratch_dir
+from geometry_support import config_text as geometry_config
 from paths import REPO
+from process_support import ended
 
 from migd.daemon import (
     ConfigTouched,
@@ -24,6 +27,8 @@ from migd.daemon import (
     Drift,
     DriftReport,
     Loaded,
+    Node,
+    NvmlNode,
     ReloadSignal,
     StopSignal,
     load_selected,
@@ -320,7 +325,7 @@ class Recorder(DaemonObserver):
 
 def drive(
     tmp_path: Path,
-    node: FakeNode,
+    node: Node,
     *,
     config: str | None = None,
     until: Callable[[Recorder], bool] | None = None,
@@ -329,7 +334,8 @@ def drive(
     exits: bool = False,
 ) -> tuple[int, Recorder, NotifyListener]:
     """Run a Daemon in this thread over ``node`` until ``until`` holds, then SIGTERM it;
-    with ``exits`` it is expected to exit by itself (and is stopped if it does not)."""
+    with ``exits`` it is expected to exit by itself (and is stopped if it does not).
+    A failure in ``during`` or ``until`` fails the test once the daemon has exited."""
     path = tmp_path / "config.yaml"
     path.write_text(config or config_text())
     try:
@@ -350,6 +356,7 @@ def drive(
     )
 
     exited = threading.Event()
+    failures: list[BaseException] = []
 
     def steer() -> None:
         try:
@@ -359,6 +366,8 @@ def drive(
                 wait_for(lambda: until(recorder), "the expected outcome", timeout=10)
             if exits:
                 exited.wait(timeout=10)
+        except BaseException as exc:
+            failures.append(exc)
         finally:
             daemon.post(StopSignal(signal.SIGTERM))
 
@@ -371,6 +380,8 @@ def drive(
         thread.join(timeout=10)
         listener.close()
         lock.release()
+    if failures:
+        raise failures[0]
     return code, recorder, listener
 
 
@@ -496,6 +507,27 @@ def test_a_stop_during_a_failing_change_starts_no_retry_and_no_reload(tmp_path: 
     assert code == 0
     assert node.reconciles == ["balanced"] and node.checks == 0
     assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.FAILED)]
+
+
+def test_a_hanging_reset_command_is_cut_short_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    hang = ["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait", "reset", "{bus_ids}"]
+    settings = {"reset-command": hang, "reset-timeout": "1s"}
+    config = geometry_config({"on": "3g=2"}, settings=settings)
+    with scratch_dir(tmp_path) as scratch:
+        make_node(scratch / "node.json", [A100])  # its mode change needs a reset
+        code, recorder, listener = drive(
+            tmp_path,
+            NvmlNode(),
+            config=config,
+            until=lambda r: bool(r.views and r.views[-1].gpus),
+        )
+    assert code == 0
+    assert ended(int(pidfile.read_text())), "the reset command's child outlived it"
+    (gpu,) = recorder.before_stop().gpus
+    assert gpu.reboot_required
+    assert "(/bin/sh did not finish within 1 s and was killed)" in gpu.reason
+    assert any("READY=1" in m for m in listener.snapshot())  # boot-policy continue
 
 
 def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> None:

@@ -30,11 +30,12 @@ from geometry_support import (
     stats,
 )
 from planning_support import best_keep, feasible_multisets, gpu, spec_options
+from process_support import end, ended, finishes_within
 
 from migd.layout import DesiredGpu, GiSpec
 from migd.nvml import NvmlAdapter
 from migd.planner import layout_counts, layout_matches, plan_gpu
-from migd.reconcile import GpuOutcome, ReconcileOptions, reconcile
+from migd.reconcile import GpuOutcome, ReconcileOptions, reconcile, reset_gpus
 from migd.sim import node as sim_node
 from migd.sim.symbols import MUTATING
 
@@ -328,6 +329,42 @@ def test_failed_reset_reports_reboot_required_once(scratch: Path) -> None:
         assert result.gpus[1].outcome in (GpuOutcome.APPLIED, GpuOutcome.NOOP)
     node = read_node(state)
     assert (node.gpus[0].mig_current, node.gpus[0].mig_pending) == (0, 1)
+
+
+SH = "/bin/sh"
+BUS_ID = "00000000:18:00.0"
+
+
+def test_a_hanging_reset_command_is_killed_at_its_timeout_with_what_it_started(
+    tmp_path: Path,
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    command = (SH, "-c", f"sleep 60 & echo $! > {pidfile}; wait", "reset", "{bus_ids}")
+    problem = finishes_within(10, lambda: reset_gpus(command, [BUS_ID], 0.5), "the reset")
+    assert ended(int(pidfile.read_text())), "the reset command's child outlived it"
+    assert problem == "/bin/sh did not finish within 0.5 s and was killed"
+
+
+def test_a_reset_command_leaving_a_child_on_its_output_does_not_hold_migd(
+    tmp_path: Path,
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    # Resets (says so) and exits at once; its child keeps stdout and stderr for 60 s.
+    script = f'sleep 60 & echo $! > {pidfile}; echo "reset $0"'
+    try:
+        problem = finishes_within(
+            10, lambda: reset_gpus((SH, "-c", script, "{bus_ids}"), [BUS_ID], 30), "the reset"
+        )
+        assert problem is None
+    finally:
+        end(int(pidfile.read_text()))
+
+
+def test_a_reset_command_that_fails_or_cannot_start_says_why() -> None:
+    failing = (SH, "-c", "echo 'GPU is busy' >&2; exit 3", "{bus_ids}")
+    assert reset_gpus(failing, [BUS_ID], 10) == "/bin/sh exited with status 3: GPU is busy"
+    missing = ("/nonexistent/nvidia-smi", "-r", "-i", "{bus_ids}")
+    assert reset_gpus(missing, [BUS_ID], 10) == "/nonexistent/nvidia-smi: command not found"
 
 
 def test_passthrough_gpu_needs_a_reboot_and_is_not_reset(scratch: Path) -> None:

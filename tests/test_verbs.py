@@ -32,8 +32,10 @@ from geometry_support import (
     stats,
 )
 from paths import ANCHORS, REPO
+from process_support import end, ended, finishes_within
 
 from migd.cli import main
+from migd.commands.common import simulated_reset_command
 from migd.config import Config, load_config, parse_config
 from migd.errors import InvalidRequest
 from migd.export import export_config, render
@@ -187,6 +189,50 @@ def test_ampere_reset_goes_through_the_simulated_reset_command(scratch: Path) ->
     assert "resetting GPU 0 to activate" in result.stdout
     assert "GPU 0: applied 3g.20gb×2 (5 NVML changes, after a GPU reset)" in result.stdout
     assert "GPU 1: applied 3g.71gb×2 (5 NVML changes)" in result.stdout
+
+
+def _apply_with_reset(
+    capsys: pytest.CaptureFixture[str], scratch: Path, reset_command: list[str], timeout: str
+) -> tuple[int, str]:
+    """``migd apply`` in-process on an A100 (whose mode change needs a reset) and an H200,
+    without --simulate: the config's own reset command runs, as on a real node."""
+    make_node(scratch / "node.json", [A100, H200])  # pynvml now talks to this node
+    settings = {"reset-command": reset_command, "reset-timeout": timeout}
+    cfg = write(scratch, config_text({"on": "3g=2"}, settings=settings))
+    code = finishes_within(20, lambda: _main(["apply", "-f", str(cfg)]), "migd apply")
+    return code, capsys.readouterr().out
+
+
+def test_apply_kills_a_hanging_reset_command_at_its_timeout_and_goes_on(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pidfile = scratch / "child.pid"
+    hang = ["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait", "reset", "{bus_ids}"]
+    code, out = _apply_with_reset(capsys, scratch, hang, "1s")
+    assert ended(int(pidfile.read_text())), "the reset command's child outlived it"
+    assert code == 4, out
+    assert (
+        "GPU 0: REBOOT REQUIRED: the MIG mode change is pending and the GPU could not be reset "
+        "(/bin/sh did not finish within 1 s and was killed)"
+    ) in out
+    assert "GPU 1: applied 3g.71gb×2" in out  # the other GPU is not held back
+    a100 = read_node(scratch / "node.json").gpus[0]
+    assert (a100.mig_current, a100.mig_pending, a100.gpu_instances) == (0, 1, ())
+
+
+def test_apply_is_not_held_by_a_child_the_reset_command_leaves_on_its_output(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pidfile = scratch / "child.pid"
+    # The simulated reset, run by a shell that leaves a child holding its output for 60 s.
+    reset = simulated_reset_command(str(scratch / "node.json"))
+    leaves = ["/bin/sh", "-c", f'sleep 60 & echo $! > {pidfile}; exec "$@"', "sh", *reset]
+    try:
+        code, out = _apply_with_reset(capsys, scratch, leaves, "60s")
+        assert code == 0, out
+        assert "GPU 0: applied 3g.20gb×2 (5 NVML changes, after a GPU reset)" in out
+    finally:
+        end(int(pidfile.read_text()))
 
 
 def test_passthrough_gpu_exits_4_with_the_reason(scratch: Path) -> None:
