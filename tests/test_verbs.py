@@ -18,6 +18,7 @@ from geometry_support import (
     A100,
     H200,
     add_process,
+    apply_config,
     config_text,
     geometry,
     gi_ids,
@@ -38,7 +39,7 @@ from migd.config import Config, parse_config
 from migd.errors import InvalidRequest
 from migd.export import export_config, render
 from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, differences, format_result, reconcile_config
+from migd.reconcile import differences, format_result
 from migd.selection import desired_layouts
 from migd.sim.models import load_model, model_names
 
@@ -109,7 +110,7 @@ def apply_each(scratch: Path, model: str, cases: list[ConfigCase]) -> list[str]:
             continue  # the config's device filters leave this model out
         restart_from(state, fresh)
         with NvmlAdapter.open() as nvml:
-            result = reconcile_config(nvml, config, name, ReconcileOptions())
+            result = apply_config(nvml, config, name)
             assert result.exit_code == 0, (file, name, format_result(result))
             after = nvml.snapshot()
         want = desired_layouts(after, config.entries(name))
