@@ -247,8 +247,8 @@ def test_invalid_config_at_start_strict_exits_2(tmp_path: Path) -> None:
 def test_drift_is_repaired(tmp_path: Path) -> None:
     with running(tmp_path, config_text(drift="1s")) as daemon:
         daemon.ready()
+        # No look at the node in between: the 1 s drift check may repair it first.
         destroy_one_instance(daemon.state, 1)
-        assert not all_hold(daemon.state, BALANCED)
         wait_for(lambda: all_hold(daemon.state, BALANCED), "the drift repaired", timeout=6)
         assert "drift: GPU 1 holds" in daemon.log()
 
