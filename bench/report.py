@@ -164,8 +164,10 @@ def _disruption(d: Mapping[str, Any]) -> list[str]:
         "## 1. Disruption and NVML calls per change",
         "",
         f"One simulated {d['gpu']}; every scenario on a fresh node with a fresh call log, "
-        "counted with the simulator's call log (`migd sim stats`). migd runs its real path "
-        "(config, selection, planner, reconciler) in-process; mig-parted is "
+        "counted with the simulator's call log (`migd sim stats`). migd runs the path "
+        "`migd apply` and the daemon take (config, then selection, planner and reconciler "
+        "inside the node's hooks and client units, none configured here) in-process; "
+        "mig-parted is "
         "`bench/migparted_model.py`, a model of v0.15.0's apply over plain pynvml: clear the "
         "GPU, then try orderings of the desired list (sorted G desc, C desc, attributes desc), "
         "creating each GPU instance with no placement (the simulated driver picks slots in the "

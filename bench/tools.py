@@ -1,8 +1,9 @@
 """The two tools under test, each applying per-GPU layouts to a simulated node in-process.
 
-- migd: its real path — parse a config, read the node, resolve the layouts
-  (selection), plan and reconcile (:func:`migd.reconcile.reconcile_config`), with
-  explicit placements, GPUs in parallel or one after another.
+- migd: the path ``migd apply`` and the daemon take — parse a config, then
+  :func:`migd.clients.apply_with_services` with the services its settings name (none
+  here): read the node, resolve the layouts, plan, and reconcile inside the hooks and
+  client units, with explicit placements, GPUs in parallel or one after another.
 - the mig-parted model (:mod:`bench.migparted_model`): GPU after GPU, as mig-parted
   runs, each through plain pynvml.
 
@@ -19,10 +20,11 @@ import pynvml
 from bench.layouts import Layout, counts
 from bench.migparted_model import MigPartedModel, ModelResult
 from migd import sim
+from migd.clients import NodeServices, apply_with_services
 from migd.commands.common import simulated_reset_command
 from migd.config import parse_config
 from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, ReconcileResult, reconcile_config
+from migd.reconcile import ReconcileOptions, ReconcileResult
 
 CONFIG_NAME = "bench"
 
@@ -47,9 +49,12 @@ def migd_apply(
     config = parse_config(config_text(layouts).encode(), "<bench>")
     # The reset command `migd --simulate` uses; Hopper GPUs never need it here.
     options = ReconcileOptions(parallel=parallel, reset_command=simulated_reset_command(state))
+    services = NodeServices.from_settings(config.settings)
     sim.activate(state)
     with NvmlAdapter.open() as nvml:
-        return reconcile_config(nvml, config, CONFIG_NAME, options)
+        report = apply_with_services(nvml, config, CONFIG_NAME, options, services, post_boot=True)
+    assert report.result is not None  # a report without one is raised (ChangeAborted)
+    return report.result
 
 
 def migparted_apply(

@@ -13,6 +13,7 @@ both read the daemon's datagrams the same way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -255,6 +256,10 @@ class NotifyMessage:
         return self.has(assignment)
 
 
+# What NotifyReceiver.pause() fills its own queue with; dropped when read.
+_FILLER = b"X_MIGD_TEST_FILLER=1"
+
+
 class NotifyReceiver:
     """A NOTIFY_SOCKET as systemd holds it, read by a thread: the daemon seen from outside.
 
@@ -272,9 +277,10 @@ class NotifyReceiver:
         # footprint the benchmarks measure, and a random name needs nothing more.
         name = f"{prefix}-{os.urandom(16).hex()}"
         self.address = "@" + name
+        self._bound = "\0" + name
         self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind("\0" + name)
+        self._sock.bind(self._bound)
         # The reading thread looks at _closed this often: how long close() may take.
         self._sock.settimeout(0.1)
         self._messages: list[NotifyMessage] = []
@@ -304,6 +310,8 @@ class NotifyReceiver:
             at = time.monotonic()
             # Undecodable bytes are replaced rather than fatal: the thread must go on
             # reading, and a wrong STATUS= then shows in the assertion that reads it.
+            if data == _FILLER:
+                continue
             lines = data.decode(errors="replace").split("\n")
             fields = dict(line.split("=", 1) for line in lines if "=" in line)
             with self._cond:
@@ -320,6 +328,31 @@ class NotifyReceiver:
             self._paused = True
             if not self._cond.wait_for(lambda: self._parked or self._closed, timeout=10):
                 raise TimeoutError("the notify receiver did not stop reading within 10 s")
+        self._fill()
+
+    def _fill(self) -> None:
+        """Fill the socket's queue with datagrams the reader drops, so that the next
+        sender finds it full however deep the queue is (``net.unix.max_dgram_qlen``: 10
+        by default, 512 once a systemd has booted in this network namespace)."""
+        fillers: list[socket.socket] = []
+        try:
+            # A sender's own buffer also limits what it may have queued: one socket
+            # after the other until one can send nothing at all.
+            for _ in range(100):
+                filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                filler.setblocking(False)
+                fillers.append(filler)
+                sent = 0
+                with contextlib.suppress(BlockingIOError):
+                    for _ in range(100_000):
+                        filler.sendto(_FILLER, self._bound)
+                        sent += 1
+                if sent == 0:
+                    return
+            raise RuntimeError("the notify receiver's queue did not fill")
+        finally:
+            for filler in fillers:
+                filler.close()
 
     def resume(self) -> None:
         """Read again: what queued in the socket meanwhile arrives, in order."""

@@ -54,10 +54,9 @@ from migd.planner import (
     plan_node,
     profile_label,
 )
-from migd.selection import describe, desired_layouts
+from migd.selection import describe
 
 if TYPE_CHECKING:
-    from migd.config import Config
     from migd.nvml import NvmlAdapter
 
 
@@ -718,30 +717,6 @@ def reconcile(
         desired=tuple(desired),
         snapshot=adapter.snapshot() if runs else snapshot,
         duration_seconds=time.monotonic() - started,
-    )
-
-
-def reconcile_config(
-    adapter: NvmlAdapter,
-    config: Config,
-    name: str,
-    options: ReconcileOptions,
-    *,
-    reset_timeout: float | None = None,
-) -> ReconcileResult:
-    """Read the node, resolve config ``name`` against it, and reconcile.
-
-    An invalid selection raises InvalidRequest (exit 2) before any GPU is touched.
-    """
-    snapshot = adapter.snapshot()
-    desired = desired_layouts(snapshot, config.entries(name))
-    return reconcile(
-        adapter,
-        snapshot,
-        desired,
-        options,
-        config_name=name,
-        reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,6 +110,13 @@ def layouts(state: Path) -> dict[int, dict[str, int]]:
 
 def all_hold(state: Path, layout: Mapping[str, int]) -> bool:
     return all(held == layout for held in layouts(state).values())
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on just now (for a daemon's metrics endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from migd import sim
-from migd.config import parse_config
+from migd.clients import NodeServices, apply_with_services
+from migd.config import Config, parse_config
 from migd.layout import DesiredGpu, NodeSnapshot
 from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, ReconcileResult, reconcile
+from migd.reconcile import ReconcileOptions, ReconcileResult
 from migd.selection import desired_layouts
 from migd.sim import codes, faults, node
 from migd.sim.state import CallFault, Flags, Node
@@ -208,12 +209,23 @@ def resolve(snapshot: NodeSnapshot, text: str, name: str) -> tuple[DesiredGpu, .
     return desired_layouts(snapshot, config.entries(name))
 
 
+def apply_config(
+    nvml: NvmlAdapter, config: Config, name: str, options: ReconcileOptions | None = None
+) -> ReconcileResult:
+    """What ``migd apply`` does with a loaded config: the services its settings name, then
+    :func:`migd.clients.apply_with_services`, the path the daemon takes too."""
+    services = NodeServices.from_settings(config.settings)
+    options = options or ReconcileOptions()
+    report = apply_with_services(nvml, config, name, options, services, post_boot=True)
+    assert report.result is not None  # a report without one is raised (ChangeAborted)
+    return report.result
+
+
 def apply_text(text: str, name: str, options: ReconcileOptions | None = None) -> ReconcileResult:
-    """``migd apply`` in-process: read, resolve, reconcile."""
+    """``migd apply`` in-process, for a config given as text."""
+    config = parse_config(text.encode(), "test.yaml")
     with NvmlAdapter.open() as nvml:
-        snapshot = nvml.snapshot()
-        desired = resolve(snapshot, text, name)
-        return reconcile(nvml, snapshot, desired, options or ReconcileOptions(), config_name=name)
+        return apply_config(nvml, config, name, options)
 
 
 def snapshot() -> NodeSnapshot:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from geometry_support import H200, add_process, apply_text, config_text, make_node, snapshot
-from paths import ANCHORS
+from paths import anchor
 
 from migd.clients import (
     Change,
@@ -132,14 +132,10 @@ class Act:
 # ---------------------------------------------------------------------------
 
 
-def operator_clients_yaml() -> str:
-    configmap = yaml.safe_load((ANCHORS / "gpu-operator-0410_configmap.yaml").read_text())
-    return configmap["data"]["clients.yaml"]
-
-
 def test_the_gpu_operator_clients_file_parses_unchanged(tmp_path: Path) -> None:
+    configmap = yaml.safe_load(anchor("gpu-operator-0410_configmap.yaml").read_text())
     path = tmp_path / "clients.yaml"
-    path.write_text(operator_clients_yaml())
+    path.write_text(configmap["data"]["clients.yaml"])
     assert load_clients_file(str(path)) == (
         "nvsm.service",
         "nvsm-mqtt.service",
@@ -182,9 +178,11 @@ def test_empty_clients_files_name_no_unit() -> None:
 
 def test_services_come_from_the_settings_and_the_files(tmp_path: Path) -> None:
     clients = tmp_path / "clients.yaml"
-    clients.write_text(operator_clients_yaml())
+    clients.write_text(
+        "version: v1\nsystemd-services: [nvsm.service, dcgm.service, dcgm-exporter.service]\n"
+    )
     hooks = tmp_path / "hooks.yaml"
-    hooks.write_text((ANCHORS / "hooks-minimal.yaml").read_text())
+    hooks.write_text("version: v1\nhooks:\n  apply-start:\n  - command: /bin/true\n")
     text = textwrap.dedent(
         f"""\
         version: v1
@@ -207,7 +205,7 @@ def test_services_come_from_the_settings_and_the_files(tmp_path: Path) -> None:
     settings = parse_config(text.encode(), "config.yaml").settings
     found = NodeServices.from_settings(settings)
     assert found.clients[:3] == ("slurmd.service", "dcgm.service", "nvsm.service")
-    assert len(found.clients) == 10  # dcgm.service once
+    assert found.clients[3:] == ("dcgm-exporter.service",)  # dcgm.service once
     assert [h.label for h in found.hooks.hooks] == ["apply-start[0]"]
     assert found.hooks.source == str(hooks)
     assert found.device_plugin_units == ("nvidia-device-plugin.service",)

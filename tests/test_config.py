@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from paths import ANCHORS, REPO, SHARED
+from paths import REPO, anchor
 
 from migd import fileperm
 from migd.config import (
@@ -34,6 +34,7 @@ from migd.config import (
     select_config,
 )
 from migd.errors import ConfigError, Problem
+from migd.sim.models import load_model, model_names
 
 H100 = (0x233010DE, 0x16C010DE)  # device+vendor, subsystem (mig-parted's helpers_test.go)
 
@@ -64,9 +65,9 @@ def with_devices(mig_devices: str) -> str:
 
 def anchor_bytes(name: str) -> bytes:
     if name == "gpu-operator-0400_configmap.yaml":
-        configmap = yaml.safe_load((ANCHORS / name).read_bytes())
+        configmap = yaml.safe_load(anchor(name).read_bytes())
         return configmap["data"]["config.yaml"].encode()
-    return (ANCHORS / name).read_bytes()
+    return anchor(name).read_bytes()
 
 
 ANCHOR_FILES = {
@@ -814,13 +815,17 @@ def test_untrusted_reason_policy() -> None:
 # The shipped configs name profiles the GPUs really have
 # ---------------------------------------------------------------------------
 
-MIG_PROFILES = SHARED / "reference" / "mig-profiles.yaml"
-
 
 def gpu_profile_names() -> dict[int, set[str]]:
-    """PCI device id -> the profile names that GPU offers (NVIDIA's tables)."""
-    gpus = yaml.safe_load(MIG_PROFILES.read_text())["gpus"]
-    return {int(g["pci_device_id"], 16): {p["name"] for p in g["profiles"]} for g in gpus}
+    """PCI device id -> the profile names that GPU offers, for every MIG-capable GPU the
+    simulator models (its tables are NVIDIA's, checked against a real H200 in
+    tests/test_sim_models.py)."""
+    gpus = (load_model(name) for name in model_names())
+    return {
+        gpu.pci_device_id: {gi.name.removeprefix("MIG ") for gi in gpu.gi_profiles}
+        for gpu in gpus
+        if gpu.mig_capable
+    }
 
 
 def test_default_config_names_profiles_of_the_gpus_it_filters() -> None:

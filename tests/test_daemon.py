@@ -82,7 +82,7 @@ def _phase(daemon: Daemon, phase: str, generation: int = 0) -> bool:
 
 def test_a_notify_socket_nobody_reads_never_stops_the_daemon(tmp_path: Path) -> None:
     with running(tmp_path, config_text(), prepare=_stalled) as daemon:
-        # The first ten or so datagrams fill the socket; the daemon goes on regardless.
+        # The socket is full from the start; the daemon goes on regardless.
         wait_for(lambda: _phase(daemon, "ready"), "ready, in the state file", timeout=30)
         proc = daemon.reload()
         assert proc.returncode == 0, proc.stderr
@@ -326,8 +326,8 @@ def test_invalid_config_at_start_strict_exits_2(tmp_path: Path) -> None:
 def test_drift_is_repaired(tmp_path: Path) -> None:
     with running(tmp_path, config_text(drift="1s")) as daemon:
         daemon.ready()
+        # No look at the node in between: the 1 s drift check may repair it first.
         destroy_one_instance(daemon.state, 1)
-        assert not all_hold(daemon.state, BALANCED)
         wait_for(lambda: all_hold(daemon.state, BALANCED), "the drift repaired", timeout=6)
         assert "drift: GPU 1 holds" in daemon.log()
 

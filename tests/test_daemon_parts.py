@@ -65,7 +65,7 @@ def test_a_full_notify_socket_never_blocks_and_holds_what_systemd_must_see(
 ) -> None:
     caplog.set_level("INFO", logger="migd.notify")
     listener = NotifyListener()
-    listener.pause()  # systemd busy: the socket takes a few datagrams, then is full
+    listener.pause()  # systemd busy: its socket's queue is full
     notifier = Notifier(listener.address)
     notifier.WARN_AFTER = 0.0  # say the stall at once (the daemon waits a few seconds)
 
@@ -92,23 +92,20 @@ def test_a_full_notify_socket_never_blocks_and_holds_what_systemd_must_see(
         # systemd reads again; the loop's retries send what was held, in order.
         listener.resume()
         wait_for(lambda: (notifier.flush(), not notifier.holding)[1], "the held datagrams sent")
-        wait_for(lambda: "STOPPING=1" in listener.snapshot()[-1], "STOPPING=1")
+        wait_for(lambda: any("STOPPING=1" in m for m in listener.snapshot()), "STOPPING=1")
         fields = [dict(m.fields) for m in listener.snapshot()]
-        taken = next(i for i, f in enumerate(fields) if "READY" in f)
-        assert 0 < taken < 30
-        assert fields[:taken] == [{"STATUS": f"step {n}"} for n in range(taken)]
-        reloading = fields[taken + 1]
+        reloading = fields[1]
         assert set(reloading) == {"RELOADING", "MONOTONIC_USEC"}
         # The statuses in between are dropped: only the newest is worth showing late.
         # One WATCHDOG=1 stands for the three pings.
-        assert fields[taken:] == [
+        assert fields == [
             {"READY": "1"},
             reloading,
             {"STATUS": "later"},
             {"WATCHDOG": "1"},
             {"STOPPING": "1"},
         ]
-        assert f"{30 - taken} STATUS= line(s) dropped" in caplog.records[-1].getMessage()
+        assert "30 STATUS= line(s) dropped" in caplog.records[-1].getMessage()
     finally:
         notifier.close()
         listener.close()

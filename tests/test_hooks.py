@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from geometry_support import H200, config_text, make_node, snapshot
-from paths import ANCHORS
+from paths import anchor
 
 from migd.cli import main
 from migd.clients import Change, ChangeAborted, NodeServices, around_change
@@ -80,7 +80,7 @@ def failing(code: int = 7) -> dict[str, object]:
 
 
 def test_mig_parted_default_hooks_parse_unchanged() -> None:
-    hooks = load_hooks(str(ANCHORS / "hooks-default.yaml"))
+    hooks = load_hooks(str(anchor("hooks-default.yaml")))
     assert [h.label for h in hooks.hooks] == [
         "apply-start[0]",
         "pre-apply-mode[0]",
@@ -102,7 +102,7 @@ def test_mig_parted_default_hooks_parse_unchanged() -> None:
 
 
 def test_mig_parted_minimal_hooks_parse_unchanged() -> None:
-    hooks = load_hooks(str(ANCHORS / "hooks-minimal.yaml"))
+    hooks = load_hooks(str(anchor("hooks-minimal.yaml")))
     assert [h.label for h in hooks.hooks] == ["apply-start[0]"]
     assert hooks.stage(PRE_APPLY_MODE) == hooks.stage(APPLY_EXIT) == ()
 

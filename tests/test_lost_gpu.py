@@ -26,7 +26,7 @@ from geometry_support import (
     snapshot,
     stats,
 )
-from paths import REPO
+from paths import installed_config
 from planning_support import H200 as H200_MODEL
 from planning_support import gpu
 from prometheus_client import generate_latest
@@ -207,7 +207,7 @@ def test_errors_about_the_whole_node_still_fail_the_read(scratch: Path) -> None:
 
 def test_migd_apply_on_a_node_with_a_lost_gpu(scratch: Path) -> None:
     state = scratch / "node.json"
-    demo = str(REPO / "configs" / "demo.yaml")
+    demo = str(installed_config("demo.yaml", scratch))
     assert run_migd("sim", "init", str(state), "--gpu", "H200x3").returncode == 0
     assert run_migd("sim", "fault", str(state), "--lost-gpu", "1").returncode == 0
     first = run_migd("--simulate", str(state), "apply", "-f", demo)

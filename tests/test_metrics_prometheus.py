@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_support import free_port
 from paths import REPO
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -45,12 +45,6 @@ ALL_1G = """
         "1g.18gb": 7
 """
 CREATE = "nvmlDeviceCreateGpuInstanceWithPlacement"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def migd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import pytest
-from paths import ANCHORS
+from paths import anchor
 from planning_support import A30, A100_40GB, H200, apply_plan, gpu, l40s, profile_named
 
 from migd.config import ConfigEntry, DeviceFilter, parse_config
@@ -250,7 +250,7 @@ def test_observed_layout_round_trips_through_selection() -> None:
 
 def test_mig_parted_default_config_balanced_on_a_mixed_node() -> None:
     """mig-parted's own config-default.yaml, unchanged: each GPU finds its entry."""
-    config = parse_config((ANCHORS / "config-default.yaml").read_bytes(), "config-default.yaml")
+    config = parse_config(anchor("config-default.yaml").read_bytes(), "config-default.yaml")
     snapshot = node(gpu(H200, 0), gpu(A100_40GB, 1), gpu(A30, 2), l40s(3))
     assert layouts(snapshot, *config.entries("all-balanced")) == {
         0: "1g.18gb×2+2g.35gb+3g.71gb",

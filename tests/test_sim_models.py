@@ -44,142 +44,13 @@ KEYS = (
 # The real H200
 # ---------------------------------------------------------------------------
 
-# fixtures/h200-nvml-readout.json (a real H200, driver 580.159.04, read with
-# nvmlDeviceGetGpuInstanceProfileInfo(version=2) and ...PossiblePlacements): per profile
-# index, (info fields, placements) or the NVML return code. Kept here so the test runs
-# from a clean clone; test_h200_matches_fixture_file compares against the file itself.
-H200_READOUT: dict[int, tuple[dict, list[tuple[int, int]]] | int] = {
-    0: (
-        {
-            "id": 19,
-            "isP2pSupported": 0,
-            "sliceCount": 1,
-            "instanceCount": 7,
-            "multiprocessorCount": 16,
-            "copyEngineCount": 1,
-            "decoderCount": 1,
-            "encoderCount": 0,
-            "jpegCount": 1,
-            "ofaCount": 0,
-            "memorySizeMB": 16384,
-            "name": "MIG 1g.18gb",
-        },
-        [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
-    ),
-    1: (
-        {
-            "id": 14,
-            "isP2pSupported": 0,
-            "sliceCount": 2,
-            "instanceCount": 3,
-            "multiprocessorCount": 32,
-            "copyEngineCount": 2,
-            "decoderCount": 2,
-            "encoderCount": 0,
-            "jpegCount": 2,
-            "ofaCount": 0,
-            "memorySizeMB": 33280,
-            "name": "MIG 2g.35gb",
-        },
-        [(0, 2), (2, 2), (4, 2)],
-    ),
-    2: (
-        {
-            "id": 9,
-            "isP2pSupported": 0,
-            "sliceCount": 3,
-            "instanceCount": 2,
-            "multiprocessorCount": 60,
-            "copyEngineCount": 3,
-            "decoderCount": 3,
-            "encoderCount": 0,
-            "jpegCount": 3,
-            "ofaCount": 0,
-            "memorySizeMB": 71424,
-            "name": "MIG 3g.71gb",
-        },
-        [(0, 4), (4, 4)],
-    ),
-    3: (
-        {
-            "id": 5,
-            "isP2pSupported": 0,
-            "sliceCount": 4,
-            "instanceCount": 1,
-            "multiprocessorCount": 64,
-            "copyEngineCount": 4,
-            "decoderCount": 4,
-            "encoderCount": 0,
-            "jpegCount": 4,
-            "ofaCount": 0,
-            "memorySizeMB": 71424,
-            "name": "MIG 4g.71gb",
-        },
-        [(0, 4)],
-    ),
-    4: (
-        {
-            "id": 0,
-            "isP2pSupported": 0,
-            "sliceCount": 7,
-            "instanceCount": 1,
-            "multiprocessorCount": 132,
-            "copyEngineCount": 8,
-            "decoderCount": 7,
-            "encoderCount": 0,
-            "jpegCount": 7,
-            "ofaCount": 1,
-            "memorySizeMB": 143360,
-            "name": "MIG 7g.141gb",
-        },
-        [(0, 8)],
-    ),
-    5: 3,  # 8_SLICE: Not Supported
-    6: 3,  # 6_SLICE: Not Supported
-    7: (
-        {
-            "id": 20,
-            "isP2pSupported": 0,
-            "sliceCount": 1,
-            "instanceCount": 1,
-            "multiprocessorCount": 16,
-            "copyEngineCount": 1,
-            "decoderCount": 1,
-            "encoderCount": 0,
-            "jpegCount": 1,
-            "ofaCount": 1,
-            "memorySizeMB": 16384,
-            "name": "MIG 1g.18gb+me",
-        },
-        [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
-    ),
-    8: 3,  # 2_SLICE_REV1: Not Supported
-    9: (
-        {
-            "id": 15,
-            "isP2pSupported": 0,
-            "sliceCount": 1,
-            "instanceCount": 4,
-            "multiprocessorCount": 26,
-            "copyEngineCount": 1,
-            "decoderCount": 1,
-            "encoderCount": 0,
-            "jpegCount": 1,
-            "ofaCount": 0,
-            "memorySizeMB": 33280,
-            "name": "MIG 1g.35gb",
-        },
-        [(0, 2), (2, 2), (4, 2), (6, 2)],
-    ),
-    10: 3,  # 1_SLICE_GFX: Not Supported
-    11: 3,  # 2_SLICE_GFX: Not Supported
-    12: 3,  # 4_SLICE_GFX: Not Supported
-    13: 3,  # 1_SLICE_NO_ME: Not Supported
-    14: 3,  # 2_SLICE_NO_ME: Not Supported
-    15: 3,  # 1_SLICE_ALL_ME: Not Supported
-    16: 3,  # 2_SLICE_ALL_ME: Not Supported
-    17: 2,  # 3_SLICE_GFX: Invalid Argument
-}
+# tests/data/h200-nvml-readout.json: a real H200 (driver 580.159.04) as NVML answered it,
+# read with nvmlDeviceGetGpuInstanceProfileInfo(version=2) and ...PossiblePlacements; per
+# profile constant, the info fields and placements, or the NVML error.
+H200_READOUT = json.loads(H200_FIXTURE.read_text())
+READOUT_PROFILES = sorted(
+    H200_READOUT["gpu_instance_profiles"].values(), key=lambda entry: entry["constant_value"]
+)
 
 # nvmlGpuInstanceProfileInfo_v2_t field -> GiModel field.
 INFO_FIELDS = {
@@ -204,33 +75,38 @@ def model_info(gi: models.GiModel) -> dict:
 
 def test_h200_device_matches_readout() -> None:
     h200 = load_model("H200")
+    device = H200_READOUT["device"]
     assert h200.key == "H200-SXM-141GB"
-    assert h200.name == "NVIDIA H200"
-    assert h200.pci_device_id == 590680286 == 0x233510DE
+    assert h200.name == device["name"] == "NVIDIA H200"
+    assert h200.pci_device_id == device["pci_device_id_int"] == 0x233510DE
     assert h200.pci_subsystem_id == 0x18BF10DE
-    assert h200.memory_total_bytes == 150754820096
-    assert h200.architecture == 9
+    assert h200.memory_total_bytes == device["memory_total_bytes"]
+    assert h200.architecture == device["architecture"]
     assert h200.mig_capable
     assert not h200.mode_change_needs_reset
     assert (h200.slot_count, h200.compute_slices, h200.max_gpu_instances) == (8, 7, 7)
 
 
-@pytest.mark.parametrize("index", sorted(H200_READOUT))
-def test_h200_profile_index_matches_readout(index: int) -> None:
+@pytest.mark.parametrize(
+    "entry", READOUT_PROFILES, ids=[f"index-{e['constant_value']}" for e in READOUT_PROFILES]
+)
+def test_h200_profile_index_matches_readout(entry: dict) -> None:
     h200 = load_model("H200")
-    expected = H200_READOUT[index]
+    index = entry["constant_value"]
     gi = h200.gi_by_index(index)
-    if isinstance(expected, int):
+    if "error" in entry:
+        code = entry["error"]["code"]
         assert gi is None
-        assert h200.profile_index_error(index) == expected
-        assert (index, expected) in h200.profile_index_errors
+        assert h200.profile_index_error(index) == code
+        assert (index, code) in h200.profile_index_errors
         return
-    info, placements = expected
     assert gi is not None
-    assert model_info(gi) == info
-    assert list(gi.placements) == placements
+    assert model_info(gi) == {k: v for k, v in entry["info"].items() if k != "version"}
+    assert list(gi.placements) == [(p["start"], p["size"]) for p in entry["possible_placements"]]
+    # An empty GPU has room for every instance the profile allows.
+    assert entry["remaining_capacity"] == gi.instance_count
     assert h200.profile_index_error(index) is None
-    assert h200.gi_by_id(info["id"]) is gi
+    assert h200.gi_by_id(entry["info"]["id"]) is gi
 
 
 def test_h200_answers_past_the_table_with_invalid_argument() -> None:
@@ -240,33 +116,6 @@ def test_h200_answers_past_the_table_with_invalid_argument() -> None:
     assert {i for i, _ in h200.profile_index_errors} | {gi.index for gi in h200.gi_profiles} >= set(
         range(18)
     )
-
-
-def test_h200_matches_fixture_file() -> None:
-    """The embedded copy above must agree with the real readout kept beside the repository."""
-    path = H200_FIXTURE
-    if not path.is_file():
-        pytest.skip(f"{path} is missing: the shared reference folder is not beside the repository")
-    readout = json.loads(path.read_text())
-    h200 = load_model("H200-SXM-141GB")
-    assert readout["device"]["name"] == h200.name
-    assert readout["device"]["pci_device_id_int"] == h200.pci_device_id
-    assert readout["device"]["memory_total_bytes"] == h200.memory_total_bytes
-    assert readout["device"]["architecture"] == h200.architecture
-    for entry in readout["gpu_instance_profiles"].values():
-        index = entry["constant_value"]
-        if "error" in entry:
-            assert H200_READOUT[index] == entry["error"]["code"]
-            assert h200.profile_index_error(index) == entry["error"]["code"]
-            continue
-        gi = h200.gi_by_index(index)
-        info = {k: v for k, v in entry["info"].items() if k != "version"}
-        assert model_info(gi) == info
-        assert [(p["start"], p["size"]) for p in entry["possible_placements"]] == list(
-            gi.placements
-        )
-        # An empty GPU has room for every instance the profile allows.
-        assert entry["remaining_capacity"] == gi.instance_count
 
 
 def test_h200_compute_instances_follow_the_reference_tables() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from paths import ANCHORS, REPO
+from ci_policy import skip_allowed_in_ci
+from paths import REPO, anchor
 
 INVALID = REPO / "tests" / "data" / "invalid"
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MIGD_", "MIG_PARTED_"))}
@@ -50,14 +51,14 @@ def assert_valid(result: subprocess.CompletedProcess[str]) -> None:
     "name", ["config.yaml", "dgx-station-80gb-config.yaml", "config-default.yaml"]
 )
 def test_mig_parted_configs_validate(name: str) -> None:
-    path = ANCHORS / name
+    path = anchor(name)
     result = validate("-f", str(path))
     assert_valid(result)
     assert result.stdout.startswith(f"{path}: valid, ")
 
 
 def test_gpu_operator_configmap_config_validates_from_stdin() -> None:
-    configmap = yaml.safe_load((ANCHORS / "gpu-operator-0400_configmap.yaml").read_text())
+    configmap = yaml.safe_load(anchor("gpu-operator-0400_configmap.yaml").read_text())
     result = validate("-f", "-", stdin=configmap["data"]["config.yaml"].encode())
     assert (result.returncode, result.stderr) == (0, "")  # stdin has no owner to warn about
     assert result.stdout == "-: valid, 81 mig-configs\n"
@@ -76,11 +77,11 @@ def test_demo_config_validates_and_names_its_selection() -> None:
 
 
 def test_selection_can_be_checked_on_the_command_line() -> None:
-    anchor = str(ANCHORS / "config.yaml")
-    assert "selected: custom-config" in validate("-f", anchor, "-c", "custom-config").stdout
-    missing = validate("-f", anchor, "--selected-config", "all-balancd")
+    shipped = "configs/config.yaml"
+    assert "selected: all-1g (--selected-config)" in validate("-f", shipped, "-c", "all-1g").stdout
+    missing = validate("-f", shipped, "--selected-config", "all-balancd")
     assert missing.returncode == 2
-    assert missing.stderr.startswith(f"{anchor}: selected mig-config not present: 'all-balancd'")
+    assert missing.stderr.startswith(f"{shipped}: selected mig-config not present: 'all-balancd'")
     assert "all-balanced" in missing.stderr
 
 
@@ -101,7 +102,7 @@ def test_config_file_from_the_environment(variable: str) -> None:
 def test_default_config_file_is_etc_migd() -> None:
     result = validate()
     if Path("/etc/migd/config.yaml").exists():
-        pytest.skip("this machine has an /etc/migd/config.yaml")
+        skip_allowed_in_ci("this machine has its own /etc/migd/config.yaml")
     assert result.returncode == 2
     assert (
         result.stderr == "/etc/migd/config.yaml: cannot read the file: No such file or directory\n"

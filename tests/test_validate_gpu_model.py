@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from paths import ANCHORS
+from paths import anchor
 from test_validate_cli import assert_no_traceback, assert_valid, validate
 
 
@@ -40,17 +40,23 @@ def test_default_config_says_where_a_layout_does_not_exist() -> None:
 
 def test_anchor_balanced_layout_fits_the_a100_it_was_written_for() -> None:
     result = validate(
-        "-f", str(ANCHORS / "config.yaml"), "-c", "all-balanced", "--gpu-model", "A100-40GB"
+        "-f", str(anchor("config.yaml")), "-c", "all-balanced", "--gpu-model", "A100-40GB"
     )
     assert_valid(result)
 
 
-def test_a100_profile_on_an_h200_names_file_line_key_and_valid_choices() -> None:
-    result = validate("-f", str(ANCHORS / "config.yaml"), "-c", "all-1g.5gb", "--gpu-model", "H200")
+def test_a100_profile_on_an_h200_names_file_line_key_and_valid_choices(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "  all-disabled:\n    - devices: all\n      mig-enabled: false\n"
+        "  all-1g.5gb:\n    - devices: all\n      mig-enabled: true\n"
+        '      mig-devices: {"1g.5gb": 7}\n',
+    )
+    result = validate("-f", str(path), "-c", "all-1g.5gb", "--gpu-model", "H200")
     assert result.returncode == 2
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f'{ANCHORS / "config.yaml"}:13:7: mig-configs."all-1g.5gb"[0]: ')
+    assert line.startswith(f'{path}:7:7: mig-configs."all-1g.5gb"[0]: ')
     assert "unknown profile '1g.5gb'" in line
     assert "1g.18gb" in line  # the valid choices are listed
 

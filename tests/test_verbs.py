@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from geometry_support import (
     A100,
     H200,
     add_process,
+    apply_config,
     config_text,
     geometry,
     gi_ids,
@@ -31,16 +32,16 @@ from geometry_support import (
     snapshot,
     stats,
 )
-from paths import ANCHORS, REPO
+from paths import REPO, anchor, installed_config
 from process_support import end, ended, finishes_within
 
 from migd.cli import main
 from migd.commands.common import simulated_reset_command
-from migd.config import Config, load_config, parse_config
+from migd.config import Config, parse_config
 from migd.errors import InvalidRequest
 from migd.export import export_config, render
 from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, differences, format_result, reconcile_config
+from migd.reconcile import differences, format_result
 from migd.selection import desired_layouts
 from migd.sim.models import load_model, model_names
 
@@ -79,32 +80,30 @@ def write(scratch: Path, text: str, name: str = "config.yaml") -> Path:
 
 MIG_MODELS = sorted({load_model(n).key for n in model_names() if load_model(n).mig_capable})
 
+ConfigCase = tuple[str, Config, str]  # (file name, parsed config, config name)
 
-def _config_cases() -> list[tuple[str, Config, str]]:
-    """(file name, parsed config, config name): every config of configs/, every all-* of
-    mig-parted's own files. Each file is parsed once."""
+
+def config_cases(paths: Iterable[Path], only_all: bool = False) -> list[ConfigCase]:
+    """Every config of these files (only the all-* ones when ``only_all``), each file
+    parsed once. Parsed, not loaded: who owns the checkout's files is not the point."""
     cases = []
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        config = load_config(str(path))
-        cases += [(path.name, config, name) for name in config.names]
-    for path in (ANCHORS / "config.yaml", ANCHORS / "config-default.yaml"):
-        config = load_config(str(path))
-        cases += [(path.name, config, n) for n in config.names if n.startswith("all-")]
+    for path in paths:
+        config = parse_config(path.read_bytes(), path.name)
+        cases += [
+            (path.name, config, n) for n in config.names if n.startswith("all-") or not only_all
+        ]
     return cases
 
 
-CONFIG_CASES = _config_cases()
-
-
-@pytest.mark.parametrize("model", MIG_MODELS)
-def test_every_config_applies_asserts_and_exports_on_each_model(scratch: Path, model: str) -> None:
-    """apply → assert passes → export says the same layout, for every config the model
-    can hold (a config naming a profile the model lacks is refused by resolution)."""
+def apply_each(scratch: Path, model: str, cases: list[ConfigCase]) -> list[str]:
+    """apply → assert passes → export says the same layout, on two GPUs of ``model``, for
+    every config of ``cases`` the model can hold (a config naming a profile the model
+    lacks is refused by resolution); the names of the configs applied."""
     state = make_node(scratch / "s.json", [model, model], clients=False)
     fresh = read_node(state)
     blank = snapshot()
     applied = []
-    for file, config, name in CONFIG_CASES:
+    for file, config, name in cases:
         try:
             desired = desired_layouts(blank, config.entries(name))
         except InvalidRequest:
@@ -113,7 +112,7 @@ def test_every_config_applies_asserts_and_exports_on_each_model(scratch: Path, m
             continue  # the config's device filters leave this model out
         restart_from(state, fresh)
         with NvmlAdapter.open() as nvml:
-            result = reconcile_config(nvml, config, name, ReconcileOptions())
+            result = apply_config(nvml, config, name)
             assert result.exit_code == 0, (file, name, format_result(result))
             after = nvml.snapshot()
         want = desired_layouts(after, config.entries(name))
@@ -124,6 +123,24 @@ def test_every_config_applies_asserts_and_exports_on_each_model(scratch: Path, m
             (d.index, d.mig_enabled, d.instances) for d in want
         ], (file, name)
         applied.append(name)
+    return applied
+
+
+@pytest.mark.parametrize("model", MIG_MODELS)
+def test_every_shipped_config_applies_asserts_and_exports_on_each_model(
+    scratch: Path, model: str
+) -> None:
+    applied = apply_each(scratch, model, config_cases(sorted((REPO / "configs").glob("*.yaml"))))
+    assert "all-balanced" in applied, applied
+
+
+@pytest.mark.parametrize("model", MIG_MODELS)
+def test_mig_parted_all_configs_apply_assert_and_export_on_each_model(
+    scratch: Path, model: str
+) -> None:
+    """The all-* configs of mig-parted's own files, read unchanged."""
+    files = [anchor("config.yaml"), anchor("config-default.yaml")]
+    applied = apply_each(scratch, model, config_cases(files, only_all=True))
     assert "all-balanced" in applied, applied
 
 
@@ -133,7 +150,7 @@ def test_every_config_applies_asserts_and_exports_on_each_model(scratch: Path, m
 def test_demo_config_on_a_fresh_8xh200_node_then_nothing_to_do(scratch: Path) -> None:
     state = scratch / "node.json"
     assert run_migd("sim", "init", str(state), "--gpu", "H200x8").returncode == 0
-    demo = str(REPO / "configs" / "demo.yaml")
+    demo = str(installed_config("demo.yaml", scratch))
     first = run_migd("--simulate", str(state), "apply", "-f", demo)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("applied 1g.18gb×2+2g.35gb+3g.71gb") == 8

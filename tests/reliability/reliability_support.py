@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import ssl
 import urllib.request
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon_support import Daemon, wait_for
+from daemon_support import free_port as free_port  # the reliability tests import it here
 from prometheus_client.parser import text_string_to_metric_families
 
 from migd.commands.sim import describe
@@ -234,12 +234,6 @@ def status_json(daemon: Daemon) -> dict[str, Any]:
     proc = daemon.status("--json")
     assert proc.stdout, proc.stderr
     return json.loads(proc.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

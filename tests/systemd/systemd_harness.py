@@ -17,7 +17,8 @@ journald first, so PID 1 and every unit log to a journal inside the namespace). 
 console is /dev/null, and journald does not read the machine's kernel log. The
 namespace also has its own UTS, IPC and network namespaces, so hostname and loopback
 setup touch nothing outside. Paths the test needs that would be hidden by those mounts (a
-checkout below /tmp, say) are bound back in from a view of the old root.
+checkout below /tmp, say) are bound back in from a view of the old root, and into the
+namespace of every service with its own private /tmp (``BindPaths=`` in a drop-in).
 
 The harness talks to that systemd with ``nsenter -t PID -m -p systemctl …`` and ends
 it with SIGKILL to its PID, which ends everything in the namespace.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -86,6 +88,15 @@ def _below(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+PRIVATE_TMP = re.compile(r"^PrivateTmp=(?:yes|true|on|1)\s*$", re.MULTILINE)
+
+
+def below_private_tmp(paths: Iterable[str]) -> list[str]:
+    """Those of ``paths`` that a unit's PrivateTmp= hides, without the ones inside another."""
+    hidden = {p for p in map(os.path.realpath, paths) if _below(p, "/tmp") or _below(p, "/var/tmp")}
+    return sorted(p for p in hidden if not any(p != q and _below(p, q) for q in hidden))
+
+
 def boot_script(units: Path, keep: Iterable[str]) -> str:
     """The script that prepares the namespace and execs systemd (run by unshare)."""
     keep = sorted({os.path.realpath(p) for p in keep})
@@ -131,6 +142,8 @@ class Systemd:
             path = self.units / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for name, text in units.items():
+            self._bind_checkout(name, text, [*keep, str(directory)])
         for name in MASKED:
             (self.units / name).symlink_to("/dev/null")
         # journald first, whatever the target says: PID 1 logs to the journal from then on.
@@ -142,6 +155,16 @@ class Systemd:
         self.console = directory / "console.log"
         self._unshare: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
+
+    def _bind_checkout(self, name: str, text: str, paths: Iterable[str]) -> None:
+        """A service with its own private /tmp would not see a checkout (or a virtualenv)
+        below /tmp or /var/tmp: bind those paths into its namespace, so the service runs
+        the same wherever the checkout sits."""
+        hidden = below_private_tmp(paths)
+        if hidden and "/" not in name and name.endswith(".service") and PRIVATE_TMP.search(text):
+            drop_in = self.units / f"{name}.d" / "zz-checkout.conf"
+            drop_in.parent.mkdir(exist_ok=True)
+            drop_in.write_text(f"[Service]\nBindPaths={' '.join(hidden)}\n")
 
     @staticmethod
     def _target(units: Mapping[str, str]) -> str:
