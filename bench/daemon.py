@@ -18,17 +18,12 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
+from clean_env import clean_environ as clean_environ  # shared with the tests
+from notify_receiver import NotifyMessage, NotifyReceiver
+
 from bench.layouts import Layout, counts
-from migd.commands.common import BEHAVIOUR_ENVIRONMENT
-from migd.notify import NotifyMessage, NotifyReceiver
 
 MIGD = (sys.executable, "-m", "migd")
-
-
-def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in BEHAVIOUR_ENVIRONMENT}
-    env.update(extra or {})
-    return env
 
 
 def free_port() -> int:
@@ -81,7 +76,7 @@ def write_atomically(path: str, text: str) -> float:
 
 
 class NotifyListener(NotifyReceiver):
-    """The receiving end of sd_notify (``migd.notify.NotifyReceiver``) with the
+    """The receiving end of sd_notify (``notify_receiver.NotifyReceiver``) with the
     benchmarks' deadline: a wait gives up after 60 s unless the caller gives its own."""
 
     def __init__(self) -> None:

@@ -1,7 +1,7 @@
 """The layouts and transitions the benchmarks walk, and what a transition could keep.
 
 Layouts are the 127 non-empty GI-profile multisets an 8-slot H200 can hold, from
-the plain enumeration in :mod:`migd.feasible` (the oracle the planner's tests check
+the plain enumeration in ``tests/feasible.py`` (the oracle the planner's tests check
 against), each spelled as the profile names a config would use. Transitions are
 seeded random pairs of them plus a few named, realistic changes.
 """
@@ -15,8 +15,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from feasible import feasible_multisets, placeable
+
 from bench.simnode import H200
-from migd.feasible import feasible_multisets, placeable
 from migd.layout import DesiredGpu, GiSpec, GpuState, Placement
 from migd.planner import name_order
 from migd.sim.models import load_model
@@ -120,7 +121,7 @@ def keepable(gpu: GpuState, held: Sequence[tuple[int, Placement]], target: Seque
     ``target`` (profile ids) can keep where they are: the most any tool could keep.
 
     Brute force over subsets, largest first, with the plain placement search of
-    :mod:`migd.feasible` (no planner code), so it can judge the planner.
+    ``tests/feasible.py`` (no planner code), so it can judge the planner.
     """
     want = Counter(target)
     for size in range(len(held), -1, -1):

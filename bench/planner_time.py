@@ -9,7 +9,7 @@ Baselines, timed the same way on the same inputs:
 
 - trivial: a pure function that only reads its input (counts the wanted
   instances) — the floor of any function called per layout;
-- brute-force oracle: the plain search of :mod:`migd.feasible` deciding only
+- brute-force oracle: the plain search of ``tests/feasible.py`` deciding only
   whether the layout fits (from empty), or the brute-force count of how many
   present instances could be kept (:func:`bench.layouts.keepable`, transitions) —
   the same questions the planner answers, asked the simplest way. The planner also
@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from feasible import placeable, rules_ok
+
 from bench.layouts import (
     Transition,
     blank,
@@ -37,7 +39,6 @@ from bench.layouts import (
     transitions,
 )
 from bench.stats import ratio, summary
-from migd.feasible import placeable, rules_ok
 from migd.layout import ComputeInstance, DesiredGpu, GpuInstance, GpuState
 from migd.planner import plan_gpu
 

@@ -617,7 +617,7 @@ def render(results: Mapping[str, Any]) -> str:
         "process (neither pays a process start); sections 3, 4 and 5 run `migd run` as its "
         "own process with a `NOTIFY_SOCKET` the benchmark reads, as systemd would.",
         "- Layouts are the 127 non-empty GPU-instance multisets an H200 can hold, enumerated by "
-        "`migd/feasible.py` (the plain oracle the planner's tests check against); random "
+        "`tests/feasible.py` (the plain oracle the planner's tests check against); random "
         "changes are seeded pairs of them, so call counts are the same on every run.",
         "- Code: `bench/` (one module per section, `bench/migparted_model.py` for mig-parted).",
         "",

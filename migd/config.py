@@ -177,11 +177,6 @@ class MetricsSettings:
     address: str | None = DEFAULT_METRICS_ADDRESS
     tls: TlsSettings | None = None
 
-    @property
-    def host_port(self) -> tuple[str, int] | None:
-        """``(host, port)`` to bind (IPv6 hosts without brackets), or None when disabled."""
-        return None if self.address is None else split_listen_address(self.address)
-
 
 @dataclass(frozen=True)
 class DriftCheckSettings:
@@ -1393,8 +1388,6 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
     "mig-caps-command": _Field("mig_caps_command", _argv_parser(None)),
     "nfd": _Field("nfd", _record_parser("nfd", NfdSettings, {"path": _Field("path", read_path)})),
 }
-
-SETTINGS_KEYS = tuple(_SETTINGS_FIELDS)
 
 
 def _read_settings(r: YamlReader, node: Node, path: str) -> Settings:

@@ -131,11 +131,6 @@ class ProfileName:
         return text
 
 
-def canonical_profile(text: str) -> str:
-    """The canonical spelling of a profile name: ``1c.1g.18gb`` → ``1g.18gb``."""
-    return str(ProfileName.parse(text))
-
-
 # ---------------------------------------------------------------------------
 # What a GPU offers (its profile table)
 # ---------------------------------------------------------------------------
@@ -197,11 +192,6 @@ class GiProfile:
     @property
     def parsed(self) -> ProfileName:
         return ProfileName.parse(self.name)
-
-    @property
-    def exclusive_media(self) -> bool:
-        """True for ``+me`` profiles: at most one such instance per GPU."""
-        return "me" in self.parsed.attributes and not self.parsed.negated
 
     def full_ci(self) -> CiProfile | None:
         """The compute-instance profile that spans this whole GI (the one ``-C`` creates).

@@ -52,23 +52,13 @@ State = Literal["pending", "success", "failed", "rebooting"]
 
 HEADER = "# Written by migd (node-feature-discovery labels); it is replaced on every change.\n"
 
-# Kubernetes label syntax (apimachinery validation): a value, and a key's name part,
-# are at most 63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric; a
-# key's prefix is a DNS subdomain.
-_NAME_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
-_PREFIX_RE = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+# Kubernetes label syntax (apimachinery validation): a value is at most 63 characters
+# of [A-Za-z0-9_.-], starting and ending alphanumeric.
+_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 def valid_label_value(value: str) -> bool:
-    return bool(_NAME_RE.match(value))
-
-
-def valid_label_key(key: str) -> bool:
-    prefix, slash, name = key.rpartition("/")
-    if slash and (not _PREFIX_RE.match(prefix) or len(prefix) > 253):
-        return False
-    return bool(name) and bool(_NAME_RE.match(name))
+    return bool(_VALUE_RE.match(value))
 
 
 @dataclass(frozen=True)

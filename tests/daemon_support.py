@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from migd.commands.common import BEHAVIOUR_ENVIRONMENT
-from migd.notify import NotifyMessage, NotifyReceiver
+from clean_env import clean_environ as clean_environ  # shared with the benchmarks
+from notify_receiver import NotifyMessage, NotifyReceiver
 
 T = TypeVar("T")
 
@@ -68,12 +68,6 @@ mig-configs:
       mig-devices:
         "1g.18gb": 7
 """
-
-
-def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in BEHAVIOUR_ENVIRONMENT}
-    env.update(extra or {})
-    return env
 
 
 def migd(
@@ -167,7 +161,7 @@ def destroy_one_instance(state: Path, gpu: int) -> int:
 
 
 class NotifyListener(NotifyReceiver):
-    """The receiving end of sd_notify (``migd.notify.NotifyReceiver``) with the tests'
+    """The receiving end of sd_notify (``notify_receiver.NotifyReceiver``) with the tests'
     liveness deadline: a wait fails after 5 s unless the test gives its own."""
 
     def __init__(self) -> None:

@@ -13,8 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from migd.feasible import feasible_multisets as feasible_multisets  # re-exported for the tests
-from migd.feasible import placeable, rules_ok
+from feasible import feasible_multisets as feasible_multisets  # re-exported for the tests
+from feasible import placeable, rules_ok
+
 from migd.layout import (
     ComputeInstance,
     DesiredGpu,
@@ -61,7 +62,7 @@ def desired_of(gpu_state: GpuState, specs: Iterable[GiSpec], enabled: bool = Tru
 
 # ---------------------------------------------------------------------------
 # The oracle: MIG rules restated plainly (rules_ok, placeable and
-# feasible_multisets live in migd.feasible, shared with the benchmarks)
+# feasible_multisets live in feasible.py, shared with the benchmarks)
 # ---------------------------------------------------------------------------
 
 

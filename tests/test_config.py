@@ -32,6 +32,7 @@ from migd.config import (
     load_config,
     parse_config,
     select_config,
+    split_listen_address,
 )
 from migd.errors import ConfigError, Problem
 from migd.sim.models import load_model, model_names
@@ -592,7 +593,7 @@ def test_settings_defaults() -> None:
     settings = parse("version: v1\nsettings:\n").settings
     assert settings == Settings()
     assert settings.metrics.address == "127.0.0.1:9402"
-    assert settings.metrics.host_port == ("127.0.0.1", 9402)
+    assert split_listen_address(settings.metrics.address) == ("127.0.0.1", 9402)
     assert settings.drift_check == DriftCheckSettings(60.0, "repair")
     assert settings.boot_policy == "continue"
     assert settings.retry == RetrySettings(5.0, 300.0)
@@ -655,7 +656,7 @@ def test_settings_every_key() -> None:
         mig_caps_command=("nvidia-ctk", "system", "create-device-nodes", "--control-devices"),
         nfd=NfdSettings("/etc/kubernetes/node-feature-discovery/features.d/migd"),
     )
-    assert settings.metrics.host_port == ("::1", 9500)
+    assert split_listen_address(settings.metrics.address) == ("::1", 9500)
     assert settings.metrics.tls is not None and settings.metrics.tls.client_certs_required
 
 
@@ -664,7 +665,7 @@ def test_metrics_address_empty_or_null_disables_the_endpoint(address: str) -> No
     metrics = parse(
         f"version: v1\nsettings:\n  metrics:\n    address: {address}\n"
     ).settings.metrics
-    assert (metrics.address, metrics.host_port) == (None, None)
+    assert metrics.address is None
 
 
 def test_drift_check_zero_disables_and_tls_without_client_ca() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,23 @@ from migd.nfd import (
     NodeLabels,
     render,
     state_of,
-    valid_label_key,
     valid_label_value,
     write_labels,
 )
 from migd.reconcile import GpuOutcome, GpuResult, ReconcileResult
+
+# Kubernetes label key syntax (apimachinery validation): an optional prefix that is a
+# DNS subdomain, a slash, and a name with the syntax of a value. migd's keys are
+# constants; this checks them.
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_PREFIX_RE = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$")
+
+
+def valid_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not _PREFIX_RE.match(prefix) or len(prefix) > 253):
+        return False
+    return bool(name) and valid_label_value(name)
 
 
 def result_of(*outcomes: GpuOutcome) -> ReconcileResult:

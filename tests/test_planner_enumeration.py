@@ -1,6 +1,6 @@
 """Every layout a GPU can hold is placeable from empty, and nothing else is accepted.
 
-The set of feasible layouts comes from the oracle in ``migd.feasible`` (a plain
+The set of feasible layouts comes from the oracle in ``tests/feasible.py`` (a plain
 search that shares no code with the planner, shared with the benchmarks), so the
 planner is checked against an independent statement of the MIG rules.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from feasible import feasible_multisets
 from planning_support import (
     A30,
     A100_40GB,
@@ -23,7 +24,6 @@ from planning_support import (
 )
 
 from migd.errors import InvalidRequest
-from migd.feasible import feasible_multisets
 from migd.planner import layout_matches, layout_problem, plan_gpu
 
 

@@ -15,23 +15,6 @@ from migd.config import DEFAULT_RESET_COMMAND, Config
 DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
 ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
 
-# Every environment variable that changes how a migd process behaves: its own, the
-# mig-parted ones it honours, and what systemd hands a service. Whoever starts migd
-# for a test or a benchmark clears these to get the behaviour its own files ask for.
-BEHAVIOUR_ENVIRONMENT = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "JOURNAL_STREAM",
-    "INVOCATION_ID",
-    "MIGD_SIMULATE",
-    *ENV_CONFIG_FILE,
-    "MIGD_SELECTED_CONFIG",
-    "MIG_PARTED_SELECTED_CONFIG",
-    "MIGD_RUNTIME_DIR",
-    "MIGD_BOOT_POLICY",
-)
-
 
 def env(*names: str) -> str | None:
     """The value of the first of the environment variables ``names`` that is set and not empty."""

@@ -233,7 +233,7 @@ def describe(node: Node) -> dict[str, Any]:
             gi_model = model.gi_by_id(gi.profile_id)
             cis = []
             for ci in gi.compute_instances:
-                ci_model = sim.ci_model_by_id(gi_model, ci.profile_id) if gi_model else None
+                ci_model = gi_model.ci_by_id(ci.profile_id) if gi_model else None
                 cis.append(
                     {
                         "id": ci.id,

@@ -518,13 +518,12 @@ def _find_bus_id(node: Node, text: str) -> Gpu | None:
 
 def _gi_profile_by_index(model: GpuModel, index: int) -> GiModel:
     _mig_capable(model)
+    code = model.profile_index_error(index)
+    if code is not None:
+        raise _fail(code, f"GI profile index {index}")
     gi_model = model.gi_by_index(index)
-    if gi_model is not None:
-        return gi_model
-    for listed, code in model.profile_index_errors:
-        if listed == index:
-            raise _fail(code, f"GI profile index {index}")
-    raise _fail(codes.INVALID_ARGUMENT, f"GI profile index {index} is past the driver's table")
+    assert gi_model is not None, "an index without an error names a profile"
+    return gi_model
 
 
 def _gi_profile_by_id(model: GpuModel, profile_id: int) -> GiModel:
@@ -538,7 +537,7 @@ def _gi_profile_by_id(model: GpuModel, profile_id: int) -> GiModel:
 def _ci_profile_by_id(gi_model: GiModel, profile_id: int) -> CiModel:
     if profile_id >= sim.CI_PROFILE_INDEX_COUNT:
         raise _fail(codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
-    ci_model = sim.ci_model_by_id(gi_model, profile_id)
+    ci_model = gi_model.ci_by_id(profile_id)
     if ci_model is None:
         raise _fail(codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}")
     return ci_model
@@ -641,7 +640,7 @@ def _name(lib: FakeNvmlLibrary, node: Node, device: Any, buf: Any, length: Any) 
     if mig is None:
         return _write_text(buf, length, model.name)
     gi, ci = mig
-    ci_model = sim.ci_model_by_id(sim.gi_model_of(model, gi), ci.profile_id)
+    ci_model = sim.gi_model_of(model, gi).ci_by_id(ci.profile_id)
     profile = ci_model.name.removeprefix("MIG ") if ci_model else "?"
     return _write_text(buf, length, f"{model.name} MIG {profile}")
 
@@ -959,7 +958,7 @@ def _ci_profile_by_index(node: Node, gpu_instance: Any, profile: Any, eng_profil
         or engine != pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
     ):
         raise _fail(codes.INVALID_ARGUMENT, f"CI profile index {index}, engine profile {engine}")
-    ci_model = sim.ci_model_by_index(sim.gi_model_of(sim.model_of(gpu), gi), index)
+    ci_model = sim.gi_model_of(sim.model_of(gpu), gi).ci_by_index(index)
     if ci_model is None:
         raise _fail(codes.NOT_SUPPORTED, f"CI profile index {index} is not offered here")
     return ci_model

@@ -34,9 +34,6 @@ class Effect:
     delay_s: float = 0.0
 
 
-NO_EFFECT = Effect()
-
-
 def _matches(fault: CallFault, symbol: str, gpu: int | None) -> bool:
     return fault.call in (symbol, ANY_CALL) and (fault.gpu is None or fault.gpu == gpu)
 

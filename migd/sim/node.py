@@ -166,14 +166,6 @@ def gi_model_of(model: GpuModel, gi: GpuInstance) -> GiModel:
     return found
 
 
-def ci_model_by_id(gi_model: GiModel, profile_id: int) -> CiModel | None:
-    return next((c for c in gi_model.compute_instances if c.id == profile_id), None)
-
-
-def ci_model_by_index(gi_model: GiModel, index: int) -> CiModel | None:
-    return next((c for c in gi_model.compute_instances if c.index == index), None)
-
-
 def mig_devices(gpu: Gpu) -> list[tuple[GpuInstance, ComputeInstance]]:
     """The MIG devices of ``gpu`` (one per CI) in NVML's index order: GI id, then CI id."""
     if gpu.mig_current != 1:
@@ -377,7 +369,7 @@ def destroy_gpu_instance(node: Node, gpu_index: int, serial: int) -> Node:
 
 
 def _ci_room(gi: GpuInstance, gi_model: GiModel, ci_model: CiModel) -> int:
-    existing = [ci_model_by_id(gi_model, ci.profile_id) for ci in gi.compute_instances]
+    existing = [gi_model.ci_by_id(ci.profile_id) for ci in gi.compute_instances]
     used = sum(c.slice_count for c in existing if c is not None)
     return max(
         0,
@@ -433,7 +425,7 @@ def create_compute_instance(
     gi_model = gi_model_of(model, gi)
     if not 0 <= profile_id < CI_PROFILE_INDEX_COUNT:
         raise NvmlFailure(codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
-    ci_model = ci_model_by_id(gi_model, profile_id)
+    ci_model = gi_model.ci_by_id(profile_id)
     if ci_model is None:
         raise NvmlFailure(codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}")
     _require_root(node)

@@ -1,13 +1,11 @@
 """Every layout a GPU can hold, by plain enumeration: the MIG rules restated plainly.
 
-An oracle, deliberately sharing no code with :mod:`migd.planner`: it restates the
-rules of reference/nvml.md ("Semantics a simulator must reproduce") in the simplest
-way, so the planner's exact search can be checked against an independent statement
-of them (tests/test_planner_enumeration.py), and the benchmarks (bench/) can walk
-every layout a GPU can hold — 127 non-empty GI-profile multisets on an H200.
-
-It lives in the package, not in the tests, because both the tests and the
-benchmarks import it. Nothing in migd's own decisions uses it.
+An oracle, deliberately sharing no code with migd's planner: it restates the rules of
+reference/nvml.md ("Semantics a simulator must reproduce") in the simplest way, so the
+planner's exact search can be checked against an independent statement of them
+(tests/test_planner_enumeration.py), and the benchmarks (bench/) can walk every layout
+a GPU can hold — 127 non-empty GI-profile multisets on an H200. Test code: the
+benchmarks find it on the path ``bench/__init__.py`` gives them.
 """
 
 from __future__ import annotations
