@@ -45,7 +45,7 @@ from bench.simnode import (
 )
 from bench.tools import migd_apply, migparted_apply
 from migd import sim
-from migd.layout import Placement
+from migd.core.layout import Placement
 
 MIGD = "migd"
 

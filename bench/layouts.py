@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from feasible import feasible_multisets, placeable
 
 from bench.simnode import H200
-from migd.layout import DesiredGpu, GiSpec, GpuState, Placement
-from migd.planner import name_order
+from migd.core.layout import DesiredGpu, GiSpec, GpuState, Placement
+from migd.core.planner import name_order
 from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
 

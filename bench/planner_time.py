@@ -1,6 +1,6 @@
 """Planner: time to plan each of the 127 layouts from empty and each transition.
 
-The planner is a pure function (:func:`migd.planner.plan_gpu`): current GPU state and
+The planner is a pure function (:func:`migd.core.planner.plan_gpu`): current GPU state and
 desired layout in, plan out. Each figure is the fastest of ``repeats`` calls on the
 same input (pure CPU work: the minimum filters out the noise of a shared machine);
 p50 and p99 are taken over the inputs.
@@ -39,8 +39,8 @@ from bench.layouts import (
     transitions,
 )
 from bench.stats import ratio, summary
-from migd.layout import ComputeInstance, DesiredGpu, GpuInstance, GpuState
-from migd.planner import plan_gpu
+from migd.core.layout import ComputeInstance, DesiredGpu, GpuInstance, GpuState
+from migd.core.planner import plan_gpu
 
 
 def _fastest(fn: Callable[[], object], repeats: int) -> float:

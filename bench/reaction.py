@@ -10,7 +10,7 @@ reconciles.
   file); and -> reconciled: to the ``READY=1`` that follows. Baseline: a bare
   watchdog observer on the same kind of directory, in its own process, reporting the
   rename of the file over the same kind of socket — the cost of noticing at all.
-  migd waits ``migd.daemon.DEBOUNCE_SECONDS`` (0.2 s) on purpose, so that the several
+  migd waits ``migd.daemon.loop.DEBOUNCE_SECONDS`` (0.2 s) on purpose, so that the several
   events of one save make one reconcile.
 - ``migd reload`` round trip: save an edit, then run ``migd reload`` and time that
   process from start to exit (it returns once the daemon has applied a reading of
@@ -37,7 +37,7 @@ from bench.daemon import (
 from bench.layouts import BALANCED, Layout, text
 from bench.simnode import init_node
 from bench.stats import ratio, summary
-from migd.daemon import DEBOUNCE_SECONDS
+from migd.daemon.loop import DEBOUNCE_SECONDS
 
 # The two layouts the edits switch between: the 2g of the balanced layout split in two.
 LAYOUTS: dict[str, Layout] = {"a": BALANCED, "b": ("1g.18gb",) * 4 + ("3g.71gb",)}

@@ -523,7 +523,7 @@ def _planner(p: Mapping[str, Any]) -> list[str]:
     out = [
         "## 6. Planner",
         "",
-        f"`migd.planner.plan_gpu` (pure) on every one of the {p['layouts']} layouts from an "
+        f"`migd.core.planner.plan_gpu` (pure) on every one of the {p['layouts']} layouts from an "
         f"empty H200, and on the {p['transitions']} changes of section 1 (from where migd's own "
         f"plan places the first layout). Each input: the fastest of {_n(p['repeats'], 'call')}; "
         "p50/p99 over the inputs. Baselines on the same inputs: a trivial pure function that "

@@ -1,7 +1,7 @@
 """The two tools under test, each applying per-GPU layouts to a simulated node in-process.
 
 - migd: the path ``migd apply`` and the daemon take — parse a config, then
-  :func:`migd.clients.apply_with_services` with the services its settings name (none
+  :func:`migd.node.change.apply_with_services` with the services its settings name (none
   here): read the node, resolve the layouts, plan, and reconcile inside the hooks and
   client units, with explicit placements, GPUs in parallel or one after another.
 - the mig-parted model (:mod:`bench.migparted_model`): GPU after GPU, as mig-parted
@@ -20,11 +20,11 @@ import pynvml
 from bench.layouts import Layout, counts
 from bench.migparted_model import MigPartedModel, ModelResult
 from migd import sim
-from migd.clients import NodeServices, apply_with_services
 from migd.commands.common import simulated_reset_command
-from migd.config import parse_config
-from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, ReconcileResult
+from migd.formats.config_file import parse_config
+from migd.gpu.executor import ReconcileOptions, ReconcileResult
+from migd.gpu.nvml import NvmlAdapter
+from migd.node.change import NodeServices, apply_with_services
 
 CONFIG_NAME = "bench"
 

@@ -131,7 +131,7 @@ DESTROY_ONE_INSTANCE = """\
 import sys
 from migd import sim
 sim.activate(sys.argv[1])
-from migd.nvml import NvmlAdapter
+from migd.gpu.nvml import NvmlAdapter
 index = int(sys.argv[2])
 with NvmlAdapter.open() as nvml:
     gi = nvml.gpu(index).instances[0]

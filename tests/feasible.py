@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from migd.layout import GpuState, Placement
+from migd.core.layout import GpuState, Placement
 
 __all__ = ["feasible_multisets", "placeable", "rules_ok"]
 

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from migd import sim
-from migd.clients import NodeServices, apply_with_services
-from migd.config import Config, parse_config
-from migd.layout import DesiredGpu, NodeSnapshot
-from migd.nvml import NvmlAdapter
-from migd.reconcile import ReconcileOptions, ReconcileResult
-from migd.selection import desired_layouts
+from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.core.selection import desired_layouts
+from migd.formats.config_file import Config, parse_config
+from migd.gpu.executor import ReconcileOptions, ReconcileResult
+from migd.gpu.nvml import NvmlAdapter
+from migd.node.change import NodeServices, apply_with_services
 from migd.sim import codes, faults, node
 from migd.sim.state import CallFault, Flags, Node
 from migd.sim.store import StateStore
@@ -213,7 +213,7 @@ def apply_config(
     nvml: NvmlAdapter, config: Config, name: str, options: ReconcileOptions | None = None
 ) -> ReconcileResult:
     """What ``migd apply`` does with a loaded config: the services its settings name, then
-    :func:`migd.clients.apply_with_services`, the path the daemon takes too."""
+    :func:`migd.node.change.apply_with_services`, the path the daemon takes too."""
     services = NodeServices.from_settings(config.settings)
     options = options or ReconcileOptions()
     report = apply_with_services(nvml, config, name, options, services, post_boot=True)

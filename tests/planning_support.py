@@ -1,6 +1,6 @@
 """Test support for selection and planning: GPU tables, an independent oracle, a plan applier.
 
-The oracle and the applier deliberately share no code with ``migd.planner``: they
+The oracle and the applier deliberately share no code with ``migd.core.planner``: they
 restate the MIG rules (reference/nvml.md "Semantics a simulator must reproduce") in
 the plainest way, so a planner bug cannot hide behind the same bug in its checker.
 """
@@ -16,7 +16,7 @@ from dataclasses import replace
 from feasible import feasible_multisets as feasible_multisets  # re-exported for the tests
 from feasible import placeable, rules_ok
 
-from migd.layout import (
+from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
     GiProfile,
@@ -25,7 +25,7 @@ from migd.layout import (
     GpuState,
     Placement,
 )
-from migd.planner import GpuPlan, gi_spec, place_cis
+from migd.core.planner import GpuPlan, gi_spec, place_cis
 from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
 

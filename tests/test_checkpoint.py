@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from migd.checkpoint import (
+from migd.core.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
+from migd.errors import ConfigError
+from migd.formats.checkpoint_file import (
     Checkpoint,
     CiRecord,
     GiRecord,
@@ -19,8 +21,6 @@ from migd.checkpoint import (
     loads,
     restore_diff,
 )
-from migd.errors import ConfigError
-from migd.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
 from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
 

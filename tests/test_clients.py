@@ -16,7 +16,14 @@ import yaml
 from geometry_support import H200, add_process, apply_text, config_text, make_node, snapshot
 from paths import anchor
 
-from migd.clients import (
+from migd.core.layout import NodeSnapshot
+from migd.core.selection import desired_layouts
+from migd.daemon.loop import load_selected
+from migd.errors import ConfigError
+from migd.formats.config_file import parse_config
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
+from migd.gpu.nvml import NvmlAdapter
+from migd.node.change import (
     Change,
     ChangeAborted,
     ChangeReport,
@@ -28,14 +35,7 @@ from migd.clients import (
     parse_clients_file,
     planned_change,
 )
-from migd.config import parse_config
-from migd.daemon import load_selected
-from migd.errors import ConfigError
-from migd.hooks import HookContext
-from migd.layout import NodeSnapshot
-from migd.nvml import NvmlAdapter
-from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
-from migd.selection import desired_layouts
+from migd.node.hooks import HookContext
 
 CONTEXT = HookContext("all-balanced", "/etc/migd/config.yaml")
 EMPTY = NodeSnapshot(())

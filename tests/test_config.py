@@ -16,8 +16,9 @@ import pytest
 import yaml
 from paths import REPO, anchor
 
-from migd import fileperm
-from migd.config import (
+from migd.errors import ConfigError, Problem
+from migd.formats import files as fileperm
+from migd.formats.config_file import (
     Config,
     DeviceFilter,
     DevicePluginSettings,
@@ -34,7 +35,6 @@ from migd.config import (
     select_config,
     split_listen_address,
 )
-from migd.errors import ConfigError, Problem
 from migd.sim.models import load_model, model_names
 
 H100 = (0x233010DE, 0x16C010DE)  # device+vendor, subsystem (mig-parted's helpers_test.go)

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migd.config import MAX_CONFIG_BYTES, MAX_PROBLEMS, Config, parse_config
 from migd.errors import ConfigError, Problem
+from migd.formats.config_file import MAX_CONFIG_BYTES, MAX_PROBLEMS, Config, parse_config
 
 ENTRY = "\n    - devices: all\n      mig-enabled: false\n"
 

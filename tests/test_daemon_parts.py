@@ -20,7 +20,8 @@ from geometry_support import config_text as geometry_config
 from paths import REPO
 from process_support import ended
 
-from migd.daemon import (
+from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.daemon.loop import (
     ConfigTouched,
     Daemon,
     DaemonOptions,
@@ -33,13 +34,12 @@ from migd.daemon import (
     StopSignal,
     load_selected,
 )
+from migd.daemon.notify import Notifier, watchdog_interval
+from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
+from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
-from migd.layout import DesiredGpu, NodeSnapshot
-from migd.notify import Notifier, watchdog_interval
-from migd.reconcile import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
-from migd.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
-from migd.status import DaemonObserver, DaemonView, Phase, Trigger
-from migd.unit import UnitOptions, quote, render_unit
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
+from migd.node.unit import UnitOptions, quote, render_unit
 
 # ---------------------------------------------------------------------------
 # sd_notify
@@ -63,7 +63,7 @@ def test_notifier_sends_utf8_assignments_in_one_datagram() -> None:
 def test_a_full_notify_socket_never_blocks_and_holds_what_systemd_must_see(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level("INFO", logger="migd.notify")
+    caplog.set_level("INFO", logger="migd.daemon.notify")
     listener = NotifyListener()
     listener.pause()  # systemd busy: its socket's queue is full
     notifier = Notifier(listener.address)

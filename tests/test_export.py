@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from migd.export import (
+from migd.core.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
+from migd.formats.export import (
     ExportEntry,
     export_config,
     generate_config,
@@ -12,7 +13,6 @@ from migd.export import (
     merge_entries,
     render,
 )
-from migd.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
 from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
 

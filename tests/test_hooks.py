@@ -13,9 +13,11 @@ from geometry_support import H200, config_text, make_node, snapshot
 from paths import anchor
 
 from migd.cli import main
-from migd.clients import Change, ChangeAborted, NodeServices, around_change
+from migd.core.layout import NodeSnapshot
 from migd.errors import ConfigError
-from migd.hooks import (
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
+from migd.node.change import Change, ChangeAborted, NodeServices, around_change
+from migd.node.hooks import (
     APPLY_EXIT,
     APPLY_START,
     DEFAULT_PATH,
@@ -30,8 +32,6 @@ from migd.hooks import (
     parse_hooks,
     run_stage,
 )
-from migd.layout import NodeSnapshot
-from migd.reconcile import GpuOutcome, GpuResult, ReconcileResult
 
 CONTEXT = HookContext(
     selected_config="all-balanced",

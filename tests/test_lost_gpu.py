@@ -31,18 +31,18 @@ from planning_support import H200 as H200_MODEL
 from planning_support import gpu
 from prometheus_client import generate_latest
 
-from migd.config import ConfigEntry
-from migd.daemon import find_drift
+from migd.core.layout import GpuState, NodeSnapshot
+from migd.core.planner import format_plan, plan_node
+from migd.core.selection import desired_layouts
+from migd.daemon.loop import find_drift
+from migd.daemon.metrics import MetricsObserver
+from migd.daemon.view import DaemonView, GpuView, Phase
 from migd.errors import NvmlError
-from migd.layout import GpuState, NodeSnapshot
-from migd.metrics import MetricsObserver
-from migd.nvml import NvmlAdapter
-from migd.planner import format_plan, plan_node
-from migd.reconcile import GpuOutcome, differences, format_result
-from migd.selection import desired_layouts
+from migd.formats.config_file import ConfigEntry
+from migd.gpu.executor import GpuOutcome, differences, format_result
+from migd.gpu.nvml import NvmlAdapter
 from migd.sim import faults as sim_faults
 from migd.sim.state import Faults
-from migd.status import DaemonView, GpuView, Phase
 
 DEMO = "1g.18gb=2,2g.35gb=1,3g.71gb=1"
 LOST = "unreadable: GPU_IS_LOST (nvmlDeviceGetHandleByIndex)"

@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import migd
-from migd.layout import (
+from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
     GiSpec,
@@ -23,11 +23,11 @@ from migd.layout import (
     NodeSnapshot,
     Placement,
 )
-from migd.metrics import MetricsObserver, remaining_capacity
-from migd.reconcile import GpuOutcome, GpuResult, ReconcileResult
+from migd.daemon.metrics import MetricsObserver, remaining_capacity
+from migd.daemon.view import DaemonView, GpuView, Phase, Trigger
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
 from migd.sim.models import load_model
 from migd.sim.tables import blank_gpu
-from migd.status import DaemonView, GpuView, Phase, Trigger
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

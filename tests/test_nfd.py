@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from migd.layout import NodeSnapshot
-from migd.nfd import (
+from migd.core.layout import NodeSnapshot
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
+from migd.node.nfd import (
     HEADER,
     NodeLabels,
     render,
@@ -17,7 +18,6 @@ from migd.nfd import (
     valid_label_value,
     write_labels,
 )
-from migd.reconcile import GpuOutcome, GpuResult, ReconcileResult
 
 # Kubernetes label key syntax (apimachinery validation): an optional prefix that is a
 # DNS subdomain, a slash, and a name with the syntax of a value. migd's keys are

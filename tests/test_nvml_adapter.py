@@ -21,9 +21,9 @@ from geometry_support import (
 )
 from paths import H200_FIXTURE
 
+from migd.core.layout import Placement
 from migd.errors import NvmlError, ReadOnlyError
-from migd.layout import Placement
-from migd.nvml import NvmlAdapter, rule_ci_profiles
+from migd.gpu.nvml import NvmlAdapter, rule_ci_profiles
 
 FIXTURE = json.loads(H200_FIXTURE.read_text())
 

@@ -25,8 +25,7 @@ from planning_support import (
     random_state,
 )
 
-from migd.errors import InvalidRequest
-from migd.layout import (
+from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
     GiSpec,
@@ -35,7 +34,7 @@ from migd.layout import (
     NodeSnapshot,
     Placement,
 )
-from migd.planner import (
+from migd.core.planner import (
     Blocker,
     GiCreate,
     GiDestroy,
@@ -47,6 +46,7 @@ from migd.planner import (
     plan_node,
     plan_to_dict,
 )
+from migd.errors import InvalidRequest
 
 
 def _spec(g: GpuState, name: str) -> GiSpec:

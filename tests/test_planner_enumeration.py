@@ -23,8 +23,8 @@ from planning_support import (
     gpu,
 )
 
+from migd.core.planner import layout_matches, layout_problem, plan_gpu
 from migd.errors import InvalidRequest
-from migd.planner import layout_matches, layout_problem, plan_gpu
 
 
 def _specs(gpu_state, ids):

@@ -32,10 +32,10 @@ from geometry_support import (
 from planning_support import best_keep, feasible_multisets, gpu, spec_options
 from process_support import end, ended, finishes_within
 
-from migd.layout import DesiredGpu, GiSpec
-from migd.nvml import NvmlAdapter
-from migd.planner import layout_counts, layout_matches, plan_gpu
-from migd.reconcile import GpuOutcome, ReconcileOptions, reconcile, reset_gpus
+from migd.core.layout import DesiredGpu, GiSpec
+from migd.core.planner import layout_counts, layout_matches, plan_gpu
+from migd.gpu.executor import GpuOutcome, ReconcileOptions, reconcile, reset_gpus
+from migd.gpu.nvml import NvmlAdapter
 from migd.sim import node as sim_node
 from migd.sim.symbols import MUTATING
 

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 from geometry_support import H200, apply_text, config_text, make_node, snapshot
 
-from migd.layout import NodeSnapshot
-from migd.strategy import STRATEGIES, StrategyCheck, check_strategy, device_types, strategy_extra
+from migd.core.layout import NodeSnapshot
+from migd.node.strategy import (
+    STRATEGIES,
+    StrategyCheck,
+    check_strategy,
+    device_types,
+    strategy_extra,
+)
 
 L40S = "L40S-48GB"  # not MIG-capable
 

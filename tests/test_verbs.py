@@ -37,12 +37,12 @@ from process_support import end, ended, finishes_within
 
 from migd.cli import main
 from migd.commands.common import simulated_reset_command
-from migd.config import Config, parse_config
+from migd.core.selection import desired_layouts
 from migd.errors import InvalidRequest
-from migd.export import export_config, render
-from migd.nvml import NvmlAdapter
-from migd.reconcile import differences, format_result
-from migd.selection import desired_layouts
+from migd.formats.config_file import Config, parse_config
+from migd.formats.export import export_config, render
+from migd.gpu.executor import differences, format_result
+from migd.gpu.nvml import NvmlAdapter
 from migd.sim.models import load_model, model_names
 
 

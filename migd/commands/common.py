@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from migd.config import DEFAULT_RESET_COMMAND, Config
+from migd.formats.config_file import DEFAULT_RESET_COMMAND, Config
 
 DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
 ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
@@ -41,7 +41,7 @@ def add_config_file(parser: argparse.ArgumentParser, *, use: str = "- for standa
 def add_selected_config(
     parser: argparse.ArgumentParser, *, use: str = "the mig-config to apply"
 ) -> None:
-    """``-c/--selected-config`` (no default: ``migd.config`` resolves it with the file)."""
+    """``-c/--selected-config`` (no default: the config file resolves it, ``select_config``)."""
     parser.add_argument(
         "-c",
         "--selected-config",

@@ -1,8 +1,8 @@
 """The daemon verbs: run, reload, status, install-unit.
 
 ``run`` sets up the daemon's edges (runtime directory, systemd notifier, observers,
-NVML) and hands over to ``migd.daemon.Daemon``; the others are small clients of the
-runtime directory the daemon keeps (``migd.runtime``).
+NVML) and hands over to ``migd.daemon.loop.Daemon``; the others are small clients of the
+runtime directory the daemon keeps (``migd.daemon.runtime``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from migd.commands.common import add_config_file, add_selected_config, reset_command
-from migd.config import Settings
-from migd.daemon import Daemon, DaemonOptions, Loaded, NvmlNode, load_selected
+from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlNode, load_selected
+from migd.daemon.metrics import MetricsEndpoint, start_endpoint
+from migd.daemon.notify import Notifier, watchdog_interval
+from migd.daemon.runtime import NotRunning, RuntimeDir, atomic_write, default_runtime_dir, pid_alive
+from migd.daemon.view import DaemonObserver
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
+from migd.formats.config_file import Settings
 from migd.log import setup_logging
-from migd.metrics import MetricsEndpoint, start_endpoint
-from migd.notify import Notifier, watchdog_interval
-from migd.runtime import NotRunning, RuntimeDir, atomic_write, default_runtime_dir, pid_alive
-from migd.status import DaemonObserver
-from migd.unit import UNIT_NAME, UnitOptions, render_unit
+from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
 
 # How long `migd reload` waits by default: the unit's TimeoutStartSec, which also
 # bounds ExecReload.

@@ -14,23 +14,23 @@ import os
 import sys
 from collections.abc import Callable
 
-from migd import checkpoint as checkpoint_file
-from migd.clients import NodeServices, apply_with_services
 from migd.commands.common import add_config_file, add_selected_config, env, reset_command
-from migd.config import Config, load_config, select_config
+from migd.core.layout import NodeSnapshot
+from migd.core.planner import format_plan, plan_node, plan_to_dict
+from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
-from migd.export import DEFAULT_LABEL, export_config, generate_config, render
-from migd.layout import NodeSnapshot
-from migd.nvml import NvmlAdapter
-from migd.planner import format_plan, plan_node, plan_to_dict
-from migd.reconcile import (
+from migd.formats import checkpoint_file
+from migd.formats.config_file import Config, load_config, select_config
+from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
+from migd.gpu.executor import (
     ReconcileOptions,
     ReconcileResult,
     differences,
     format_result,
     restore,
 )
-from migd.selection import desired_layouts
+from migd.gpu.nvml import NvmlAdapter
+from migd.node.change import NodeServices, apply_with_services
 
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
 
@@ -234,7 +234,7 @@ APPLY_EXAMPLES = """\
 
 def run_apply(args: argparse.Namespace) -> int:
     config, name = _load(args)
-    # Hooks, GPU client units, post-change refreshes and NFD labels (migd.clients): the
+    # Hooks, GPU client units, post-change refreshes and NFD labels (migd.node.change): the
     # hooks and gpu-clients files are read here, so a bad one touches no GPU.
     services = NodeServices.from_settings(config.settings, hooks_file=args.hooks_file)
     with NvmlAdapter.open() as nvml:

@@ -7,8 +7,8 @@ import os
 import sys
 
 from migd.commands.common import add_config_file, add_selected_config
-from migd.config import Config, find_selection, load_config, ownership_warning
 from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError, Problem
+from migd.formats.config_file import Config, find_selection, load_config, ownership_warning
 
 DESCRIPTION = """\
 Check a migd config file (mig-parted's v1 format plus migd's settings) and report
@@ -92,7 +92,7 @@ def _model_problems(config: Config, names: tuple[str, ...], model_name: str) -> 
     """Problems of the named configs' layouts on one GPU of ``model_name``, as lines."""
     # The model tables come with the simulator; imported here so plain validation
     # stays as light as it is.
-    from migd.selection import model_fit_problems
+    from migd.core.selection import model_fit_problems
     from migd.sim.models import load_model
     from migd.sim.tables import blank_gpu
 

@@ -1,7 +1,7 @@
 """A simulated GPU model as the value types the planner works on.
 
 Pure conversions from :mod:`migd.sim.models` (what NVML reports, as data) to
-:mod:`migd.layout` (what migd reads from NVML): the same profile table the NVML
+:mod:`migd.core.layout` (what migd reads from NVML): the same profile table the NVML
 adapter builds from a real GPU, without going through NVML. Tests of selection and
 planning use them to get any model's table in one call.
 """
@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from migd.layout import CiProfile, GiProfile, GpuState, Placement, ProfileName, ProfileNameError
+from migd.core.layout import (
+    CiProfile,
+    GiProfile,
+    GpuState,
+    Placement,
+    ProfileName,
+    ProfileNameError,
+)
 from migd.sim.models import CiModel, GiModel, GpuModel
 
 _PREFIX = "MIG "

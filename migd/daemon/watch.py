@@ -36,7 +36,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-log = logging.getLogger("migd.watch")
+log = logging.getLogger("migd.daemon.watch")
 
 # Events that can change what reading the config yields. Opens and reads are left
 # out on purpose: the daemon reading the file would otherwise wake itself forever.

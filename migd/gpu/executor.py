@@ -9,7 +9,7 @@ GPUs run in parallel, one thread each (NVML is thread-safe), in three phases so 
 mode changes that stay pending are activated by one reset of exactly those GPUs:
 destroys and mode changes on every GPU; the reset; creates and verification.
 
-Before a GPU is touched its geometry is checkpointed (``migd.checkpoint``). When a
+Before a GPU is touched its geometry is checkpointed (``migd.formats.checkpoint_file``). When a
 step fails, that GPU alone is put back to its checkpoint with explicit placements and
 reported FAILED with the NVML error name; other GPUs keep their result. A plan that
 would destroy an instance running a process is reported BLOCKED and the GPU is not
@@ -29,19 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from migd.checkpoint import Checkpoint, GpuRecord, capture_gpu, gpu_matches, restore_diff
 from migd.command import run_command
-from migd.config import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
-from migd.errors import (
-    EXIT_BLOCKED,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REBOOT_REQUIRED,
-    InvalidRequest,
-    NvmlError,
-)
-from migd.layout import DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
-from migd.planner import (
+from migd.core.layout import DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
+from migd.core.planner import (
     CiCreate,
     GiCreate,
     GpuPlan,
@@ -54,10 +44,26 @@ from migd.planner import (
     plan_node,
     profile_label,
 )
-from migd.selection import describe
+from migd.core.selection import describe
+from migd.errors import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REBOOT_REQUIRED,
+    InvalidRequest,
+    NvmlError,
+)
+from migd.formats.checkpoint_file import (
+    Checkpoint,
+    GpuRecord,
+    capture_gpu,
+    gpu_matches,
+    restore_diff,
+)
+from migd.formats.config_file import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
 
 if TYPE_CHECKING:
-    from migd.nvml import NvmlAdapter
+    from migd.gpu.nvml import NvmlAdapter
 
 
 class GpuOutcome(enum.Enum):

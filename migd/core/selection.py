@@ -32,8 +32,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Protocol
 
-from migd.errors import InvalidRequest
-from migd.layout import (
+from migd.core.layout import (
     CiProfile,
     DesiredGpu,
     GiProfile,
@@ -43,7 +42,7 @@ from migd.layout import (
     ProfileName,
     ProfileNameError,
 )
-from migd.planner import (
+from migd.core.planner import (
     describe,
     format_counts,
     layout_counts,
@@ -52,6 +51,7 @@ from migd.planner import (
     parsed_name,
     place_cis,
 )
+from migd.errors import InvalidRequest
 
 __all__ = [
     "ConfigEntryLike",
@@ -65,7 +65,7 @@ __all__ = [
 
 
 class ConfigEntryLike(Protocol):
-    """What selection needs of one entry of the selected config (``migd.config.ConfigEntry``)."""
+    """What selection needs of one entry of the selected config (a ``ConfigEntry``)."""
 
     @property
     def devices(self) -> str | tuple[int, ...]: ...  # "all" or NVML indices

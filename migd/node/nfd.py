@@ -18,7 +18,7 @@ The labels:
 ``migd/in-sync=true|false``
     every GPU the config covers holds its layout right now;
 ``migd/strategy-compatible=true|false``
-    the layout suits the device plugin's MIG strategy (``migd.strategy``).
+    the layout suits the device plugin's MIG strategy (``migd.node.strategy``).
 
 migd's own labels use the prefix ``migd/``: short, and not a domain migd could
 pretend to own (NVIDIA's ``nvidia.com`` is kept for the two labels the k8s MIG manager
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from migd.reconcile import GpuOutcome, ReconcileResult
-from migd.runtime import atomic_write
+from migd.daemon.runtime import atomic_write
+from migd.gpu.executor import GpuOutcome, ReconcileResult
 
-log = logging.getLogger("migd.nfd")
+log = logging.getLogger("migd.node.nfd")
 
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"

@@ -1,7 +1,7 @@
 """The planner: from what a GPU holds and what it should hold, an ordered plan of operations.
 
 Pure: no NVML, no I/O, no clock. Everything here works on the value types of
-``migd.layout``; the reconciler executes the resulting :class:`GpuPlan`.
+``migd.core.layout``; the reconciler executes the resulting :class:`GpuPlan`.
 
 How a layout is placed. A GPU instance (GI) occupies ``[start, start+size)`` on the
 GPU's memory-slice axis at one of its profile's possible placements; a compute
@@ -30,8 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from migd.errors import InvalidRequest
-from migd.layout import (
+from migd.core.layout import (
     CiProfile,
     DesiredGpu,
     GiProfile,
@@ -43,6 +42,7 @@ from migd.layout import (
     ProfileName,
     ProfileNameError,
 )
+from migd.errors import InvalidRequest
 
 # ---------------------------------------------------------------------------
 # Plan value types (executed by the reconciler)

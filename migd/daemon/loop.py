@@ -29,7 +29,7 @@ systemd sees (sd_notify):
 - ``STOPPING=1`` on SIGTERM.
 
 None of these waits for systemd: a notify socket nobody reads holds them
-(``migd.notify.Notifier``) and the loop sends them, in order, once it is read again.
+(``migd.daemon.notify.Notifier``) and the loop sends them, in order, once it is read again.
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from migd.clients import NodeServices, apply_with_services
-from migd.config import BootPolicy, Config, Settings, load_config, select_config
+from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.core.planner import describe_current, layout_matches
+from migd.core.selection import describe, desired_layouts
+from migd.daemon.notify import Notifier, SystemdStatus
+from migd.daemon.runtime import ReloadAnswer, RuntimeDir, StateFile
+from migd.daemon.view import DaemonObserver, DaemonView, GpuView, Phase, Trigger
+from migd.daemon.watch import ConfigWatcher, file_digest
 from migd.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -56,18 +61,13 @@ from migd.errors import (
     MigdError,
     NvmlError,
 )
-from migd.layout import DesiredGpu, NodeSnapshot
-from migd.notify import Notifier, SystemdStatus
-from migd.nvml import NvmlAdapter
-from migd.planner import describe_current, layout_matches
-from migd.reconcile import GpuOutcome, ReconcileOptions, ReconcileResult, format_result
-from migd.runtime import ReloadAnswer, RuntimeDir, StateFile
-from migd.selection import describe, desired_layouts
-from migd.status import DaemonObserver, DaemonView, GpuView, Phase, Trigger
-from migd.strategy import strategy_extra
-from migd.watch import ConfigWatcher, file_digest
+from migd.formats.config_file import BootPolicy, Config, Settings, load_config, select_config
+from migd.gpu.executor import GpuOutcome, ReconcileOptions, ReconcileResult, format_result
+from migd.gpu.nvml import NvmlAdapter
+from migd.node.change import NodeServices, apply_with_services
+from migd.node.strategy import strategy_extra
 
-log = logging.getLogger("migd.daemon")
+log = logging.getLogger("migd.daemon.loop")
 
 # Editors and ConfigMap updates touch the directory several times per save.
 DEBOUNCE_SECONDS = 0.2
@@ -92,7 +92,7 @@ class Loaded:
 
     config: Config
     name: str
-    # The hooks, GPU client units and refreshes around a change (migd.clients).
+    # The hooks, GPU client units and refreshes around a change (migd.node.change).
     services: NodeServices = field(default_factory=NodeServices)
 
     @property

@@ -12,7 +12,7 @@ The hooks file is mig-parted's ``api/hooks/v1`` format, read unchanged::
 
 Stages run in this order around a change: ``apply-start``; ``pre-apply-mode`` when
 some GPU's MIG mode changes; ``pre-apply-config`` when some GPU's instances change;
-the change; ``apply-exit``, always, whatever happened before (``migd.clients`` drives
+the change; ``apply-exit``, always, whatever happened before (``migd.node.change`` drives
 the order). A hook is executed as written: ``command`` with ``args`` as its argv, no
 shell, nothing expanded. A hook that wants a shell names one, as mig-parted's default
 hooks do (``/bin/bash -c "…${MIG_PARTED_SELECTED_CONFIG}"``: bash expands that, not
@@ -52,7 +52,7 @@ from migd.command import CommandResult, run_command
 
 # The config's YAML reader: the same limits, positions and alias checks for every file
 # format migd reads (STYLE.md: each format parsed in one place, YAML read one way).
-from migd.config import (
+from migd.formats.config_file import (
     InvalidValue,
     YamlReader,
     is_null,
@@ -64,7 +64,7 @@ from migd.config import (
     shorten,
 )
 
-log = logging.getLogger("migd.hooks")
+log = logging.getLogger("migd.node.hooks")
 
 HOOKS_VERSION = "v1"
 

@@ -6,7 +6,7 @@ change, in this order:
 
 1. NFD label ``nvidia.com/mig.config.state=pending`` (when ``settings.nfd.path``);
 2. hook ``apply-start``; ``pre-apply-mode`` when some GPU's MIG mode changes;
-   ``pre-apply-config`` when some GPU's instances change (``migd.hooks``);
+   ``pre-apply-config`` when some GPU's instances change (``migd.node.hooks``);
 3. the GPU client units (``settings.gpu-clients``) that are running are stopped, in
    reverse order, when the change needs it: a mode change, or instances destroyed
    (creating instances next to running ones disturbs nobody);
@@ -41,7 +41,11 @@ from typing import TYPE_CHECKING
 from yaml.nodes import Node
 
 from migd.command import CommandResult, run_command
-from migd.config import (
+from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.core.planner import plan_node
+from migd.core.selection import desired_layouts
+from migd.errors import EXIT_FAILED, MigdError
+from migd.formats.config_file import (
     YamlReader,
     is_null,
     read_trusted_file,
@@ -49,8 +53,8 @@ from migd.config import (
     read_version,
     read_yaml_document,
 )
-from migd.errors import EXIT_FAILED, MigdError
-from migd.hooks import (
+from migd.gpu.executor import ReconcileOptions, ReconcileResult, reconcile, work_from_plan
+from migd.node.hooks import (
     APPLY_EXIT,
     APPLY_START,
     NO_HOOKS,
@@ -62,18 +66,14 @@ from migd.hooks import (
     load_hooks,
     run_stage,
 )
-from migd.layout import DesiredGpu, NodeSnapshot
-from migd.nfd import NodeLabels, State, state_of, write_labels
-from migd.planner import plan_node
-from migd.reconcile import ReconcileOptions, ReconcileResult, reconcile, work_from_plan
-from migd.selection import desired_layouts
-from migd.strategy import Strategy, StrategyCheck, check_strategy
+from migd.node.nfd import NodeLabels, State, state_of, write_labels
+from migd.node.strategy import Strategy, StrategyCheck, check_strategy
 
 if TYPE_CHECKING:
-    from migd.config import Config, Settings
-    from migd.nvml import NvmlAdapter
+    from migd.formats.config_file import Config, Settings
+    from migd.gpu.nvml import NvmlAdapter
 
-log = logging.getLogger("migd.clients")
+log = logging.getLogger("migd.node.change")
 
 CLIENTS_VERSION = "v1"
 CLIENTS_KEYS = ("version", "systemd-services")

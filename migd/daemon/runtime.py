@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from migd.core.planner import describe_current
+from migd.core.selection import describe
+from migd.daemon.view import DaemonObserver, DaemonView
 from migd.errors import MigdError
-from migd.planner import describe_current
-from migd.selection import describe
-from migd.status import DaemonObserver, DaemonView
 
 DEFAULT_RUNTIME_DIR = "/run/migd"
 RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"

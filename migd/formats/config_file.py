@@ -3,7 +3,7 @@
 ``parse_config`` is pure: bytes in, a ``Config`` out, or a ``ConfigError`` carrying
 every problem found, each located by file, line, column and key path
 (``mig-configs.all-balanced[1].mig-devices."1g.5gb"``). ``load_config`` is the thin
-edge that reads a file and applies the root-owned file policy (``migd.fileperm``).
+edge that reads a file and applies the root-owned file policy (``migd.formats.files``).
 ``select_config`` picks the config this node applies.
 
 mig-parted's rules are kept exactly (reference: mig-parted.md "Config schema"), with
@@ -43,9 +43,9 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from migd import fileperm
+from migd.core.layout import ProfileName, ProfileNameError
 from migd.errors import ConfigError, Problem
-from migd.layout import ProfileName, ProfileNameError
+from migd.formats import files as fileperm
 
 # ---------------------------------------------------------------------------
 # Limits of the loader (the file is read by a root daemon: bound everything)
@@ -334,7 +334,7 @@ def load_config(
     """Read and parse a config file (``-`` = standard input).
 
     When the effective uid (``euid``, default ``os.geteuid()``) is root, a file not owned
-    by root or writable by group or others is refused (``migd.fileperm``), unless
+    by root or writable by group or others is refused (``migd.formats.files``), unless
     ``enforce_ownership`` is False (``migd validate`` reports it as a warning instead).
     Files over ``MAX_CONFIG_BYTES`` are refused without reading them whole. Every
     failure, an unreadable file included, is a ConfigError.
@@ -353,7 +353,7 @@ def read_trusted_file(
     """The bytes of a file migd acts on (at most ``MAX_CONFIG_BYTES`` + 1 of them).
 
     As root (``euid``, default ``os.geteuid()``), a file anyone but root could have
-    written is refused (``migd.fileperm``) unless ``enforce_ownership`` is False. Every
+    written is refused (``migd.formats.files``) unless ``enforce_ownership`` is False. Every
     failure is a ConfigError naming the file.
     """
     try:

@@ -27,15 +27,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from migd import __version__
-from migd.config import MetricsSettings
-from migd.httpserver import MetricsServer
-from migd.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, GpuState, NodeSnapshot
-from migd.planner import layout_counts, layout_problem, observed_layout, spec_names
-from migd.reconcile import GpuOutcome, ReconcileResult
-from migd.status import DaemonObserver, DaemonView, Phase, Trigger
-from migd.strategy import STRATEGIES, check_strategy
+from migd.core.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, GpuState, NodeSnapshot
+from migd.core.planner import layout_counts, layout_problem, observed_layout, spec_names
+from migd.daemon.httpserver import MetricsServer
+from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
+from migd.formats.config_file import MetricsSettings
+from migd.gpu.executor import GpuOutcome, ReconcileResult
+from migd.node.strategy import STRATEGIES, check_strategy
 
-log = logging.getLogger("migd.metrics")
+log = logging.getLogger("migd.daemon.metrics")
 
 # From a no-op reconcile (tens of ms) to a mode change with a GPU reset (minutes).
 RECONCILE_DURATION_BUCKETS = (

@@ -1,6 +1,6 @@
 """The NVML adapter: the only module of migd that imports pynvml.
 
-It turns raw pynvml/ctypes calls into the typed values of ``migd.layout`` (a
+It turns raw pynvml/ctypes calls into the typed values of ``migd.core.layout`` (a
 ``NodeSnapshot`` of every GPU with its profile table, instances and processes) and
 offers the handful of mutations migd needs, each with an explicit placement. Every
 ``pynvml.NVMLError`` becomes a ``migd.errors.NvmlError`` that keeps the NVML code and
@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from migd.errors import NvmlError, ReadOnlyError
-from migd.layout import (
+from migd.core.layout import (
     CiProfile,
     ComputeInstance,
     GiProfile,
@@ -37,6 +36,7 @@ from migd.layout import (
     ProfileName,
     ProfileNameError,
 )
+from migd.errors import NvmlError, ReadOnlyError
 
 T = TypeVar("T")
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migd.core.layout import GpuInstance, GpuState, NodeSnapshot, Placement
 from migd.errors import ConfigError, Problem
-from migd.layout import GpuInstance, GpuState, NodeSnapshot, Placement
 
 VERSION = "v1"
 KIND = "migd-checkpoint"

@@ -16,9 +16,9 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from migd.status import DaemonObserver, DaemonView
+from migd.daemon.view import DaemonObserver, DaemonView
 
-log = logging.getLogger("migd.notify")
+log = logging.getLogger("migd.daemon.notify")
 
 
 def monotonic_usec() -> int:

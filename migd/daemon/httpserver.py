@@ -26,9 +26,9 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from migd.config import TlsSettings, split_listen_address
+from migd.formats.config_file import TlsSettings, split_listen_address
 
-log = logging.getLogger("migd.metrics")
+log = logging.getLogger("migd.daemon.metrics")
 
 METRICS_PATH = "/metrics"
 MAX_REQUEST_HEAD_BYTES = 8 * 1024  # request line + headers; a scrape needs a few hundred

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from migd.layout import GiProfile, GpuState, NodeSnapshot, ProfileName, ProfileNameError
-from migd.planner import observed_layout
+from migd.core.layout import GiProfile, GpuState, NodeSnapshot, ProfileName, ProfileNameError
+from migd.core.planner import observed_layout
 
 CONFIG_VERSION = "v1"
 DEFAULT_LABEL = "current"

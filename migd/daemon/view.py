@@ -11,8 +11,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from migd.layout import DesiredGpu, NodeSnapshot
-from migd.reconcile import ReconcileResult
+from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.gpu.executor import ReconcileResult
 
 
 class Phase(enum.Enum):

@@ -1,0 +1,9 @@
+"""The node around the GPUs: what migd keeps consistent with them around a change.
+
+The change orchestrator (hooks, GPU client units, refreshes, NFD labels around one
+change), running mig-parted's hooks, the node-feature-discovery labels, the device
+plugin's strategy check and the systemd unit migd installs.
+
+May import: ``migd.errors``, ``migd.command``, ``migd.core``, ``migd.formats`` and
+``migd.gpu``. Never the daemon or the verbs.
+"""
