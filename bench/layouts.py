@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from feasible import feasible_multisets, placeable
 
 from bench.simnode import H200
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import DesiredGpu, GiSpec, GpuState, Placement
 from migd.core.planner import name_order
-from migd.sim.models import load_model
-from migd.sim.tables import blank_gpu
+from migd.formats.gpu_models import load_model
 
 Layout = tuple[str, ...]  # profile names, one per GPU instance, smallest first
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from migd.formats.config_file import shorten
+from migd.errors import shorten
 
 # Output kept per stream of an external command: enough for the last lines of an
 # error, bounded whatever the program prints.

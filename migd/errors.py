@@ -80,3 +80,8 @@ class NvmlError(MigdError):
 
 class ReadOnlyError(MigdError):
     """A mutation was attempted through an adapter opened read-only."""
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, so a message stays short."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

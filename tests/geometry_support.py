@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from migd import sim
+from migd.core import nvml_codes
+from migd.core.config import Config
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.core.selection import desired_layouts
-from migd.formats.config_file import Config, parse_config
+from migd.formats.config_file import parse_config
 from migd.gpu.executor import ReconcileOptions, ReconcileResult
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services
-from migd.sim import codes, faults, node
+from migd.sim import faults, node
 from migd.sim.state import CallFault, Flags, Node
 from migd.sim.store import StateStore
 from migd.sim.symbols import MUTATING
@@ -111,7 +113,7 @@ def add_fault(
     fault = CallFault(
         call=call,
         gpu=gpu,
-        code=codes.parse_code(code) if code else None,
+        code=nvml_codes.parse_code(code) if code else None,
         after=after,
         count=count,
         latency_ms=latency_ms,

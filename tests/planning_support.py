@@ -16,6 +16,7 @@ from dataclasses import replace
 from feasible import feasible_multisets as feasible_multisets  # re-exported for the tests
 from feasible import placeable, rules_ok
 
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
@@ -26,8 +27,7 @@ from migd.core.layout import (
     Placement,
 )
 from migd.core.planner import GpuPlan, gi_spec, place_cis
-from migd.sim.models import load_model
-from migd.sim.tables import blank_gpu
+from migd.formats.gpu_models import load_model
 
 H200 = "H200-SXM-141GB"
 A100_40GB = "A100-SXM4-40GB"

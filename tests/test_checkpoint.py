@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
 from migd.errors import ConfigError
 from migd.formats.checkpoint_file import (
@@ -21,8 +22,7 @@ from migd.formats.checkpoint_file import (
     loads,
     restore_diff,
 )
-from migd.sim.models import load_model
-from migd.sim.tables import blank_gpu
+from migd.formats.gpu_models import load_model
 
 
 def h200(instances=(), enabled=True):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from migd.core.layout import NodeSnapshot
 from migd.core.selection import desired_layouts
 from migd.daemon.loop import load_selected
 from migd.errors import ConfigError
+from migd.formats.clients_file import load_clients_file, parse_clients_file
 from migd.formats.config_file import parse_config
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 from migd.gpu.nvml import NvmlAdapter
@@ -31,8 +32,6 @@ from migd.node.change import (
     Systemctl,
     apply_with_services,
     around_change,
-    load_clients_file,
-    parse_clients_file,
     planned_change,
 )
 from migd.node.hooks import HookContext

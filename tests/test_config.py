@@ -16,9 +16,7 @@ import pytest
 import yaml
 from paths import REPO, anchor
 
-from migd.errors import ConfigError, Problem
-from migd.formats import files as fileperm
-from migd.formats.config_file import (
+from migd.core.config import (
     Config,
     DeviceFilter,
     DevicePluginSettings,
@@ -30,12 +28,13 @@ from migd.formats.config_file import (
     Settings,
     TlsSettings,
     find_selection,
-    load_config,
-    parse_config,
     select_config,
     split_listen_address,
 )
-from migd.sim.models import load_model, model_names
+from migd.errors import ConfigError, Problem
+from migd.formats import files as fileperm
+from migd.formats.config_file import load_config, parse_config
+from migd.formats.gpu_models import load_model, model_names
 
 H100 = (0x233010DE, 0x16C010DE)  # device+vendor, subsystem (mig-parted's helpers_test.go)
 

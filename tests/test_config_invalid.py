@@ -14,8 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from migd.core.config import Config
 from migd.errors import ConfigError, Problem
-from migd.formats.config_file import MAX_CONFIG_BYTES, MAX_PROBLEMS, Config, parse_config
+from migd.formats.config_file import parse_config
+from migd.formats.yaml_reader import MAX_CONFIG_BYTES, MAX_PROBLEMS
 
 ENTRY = "\n    - devices: all\n      mig-enabled: false\n"
 

@@ -35,9 +35,10 @@ from migd.daemon.loop import (
     load_selected,
 )
 from migd.daemon.notify import Notifier, watchdog_interval
-from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir, atomic_write
+from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir
 from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
+from migd.formats.files import atomic_write
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 from migd.node.unit import UnitOptions, quote, render_unit
 

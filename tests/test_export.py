@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import yaml
 
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
 from migd.formats.export import (
     ExportEntry,
@@ -13,8 +14,7 @@ from migd.formats.export import (
     merge_entries,
     render,
 )
-from migd.sim.models import load_model
-from migd.sim.tables import blank_gpu
+from migd.formats.gpu_models import load_model
 
 A40 = "A100-SXM4-40GB"
 A80 = "A100-SXM4-80GB"

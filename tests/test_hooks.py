@@ -15,23 +15,20 @@ from paths import anchor
 from migd.cli import main
 from migd.core.layout import NodeSnapshot
 from migd.errors import ConfigError
-from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
-from migd.node.change import Change, ChangeAborted, NodeServices, around_change
-from migd.node.hooks import (
+from migd.formats.hooks_file import (
     APPLY_EXIT,
     APPLY_START,
-    DEFAULT_PATH,
     PRE_APPLY_CONFIG,
     PRE_APPLY_MODE,
     STAGES,
     Hook,
-    HookContext,
     HooksFile,
-    hook_environment,
     load_hooks,
     parse_hooks,
-    run_stage,
 )
+from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
+from migd.node.change import Change, ChangeAborted, NodeServices, around_change
+from migd.node.hooks import DEFAULT_PATH, HookContext, hook_environment, run_stage
 
 CONTEXT = HookContext(
     selected_config="all-balanced",

@@ -31,6 +31,7 @@ from planning_support import H200 as H200_MODEL
 from planning_support import gpu
 from prometheus_client import generate_latest
 
+from migd.core.config import ConfigEntry
 from migd.core.layout import GpuState, NodeSnapshot
 from migd.core.planner import format_plan, plan_node
 from migd.core.selection import desired_layouts
@@ -38,7 +39,6 @@ from migd.daemon.loop import find_drift
 from migd.daemon.metrics import MetricsObserver
 from migd.daemon.view import DaemonView, GpuView, Phase
 from migd.errors import NvmlError
-from migd.formats.config_file import ConfigEntry
 from migd.gpu.executor import GpuOutcome, differences, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.sim import faults as sim_faults

@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import migd
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
@@ -25,9 +26,8 @@ from migd.core.layout import (
 )
 from migd.daemon.metrics import MetricsObserver, remaining_capacity
 from migd.daemon.view import DaemonView, GpuView, Phase, Trigger
+from migd.formats.gpu_models import load_model
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
-from migd.sim.models import load_model
-from migd.sim.tables import blank_gpu
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from ci_policy import skip_allowed_in_ci
 
+from migd.core.config import MetricsSettings, TlsSettings
 from migd.daemon.httpserver import MetricsServer, split_address
 from migd.daemon.metrics import MetricsObserver, start_endpoint
-from migd.formats.config_file import MetricsSettings, TlsSettings
 
 DEADLINE = 20.0  # liveness only: generous for a loaded CI machine
 

@@ -9,11 +9,12 @@ import pytest
 from paths import anchor
 from planning_support import A30, A100_40GB, H200, apply_plan, gpu, l40s, profile_named
 
+from migd.core.config import ConfigEntry, DeviceFilter
 from migd.core.layout import DesiredGpu, GiSpec, GpuState, NodeSnapshot
-from migd.core.planner import layout_matches, observed_layout, plan_gpu
-from migd.core.selection import SelectionError, describe, desired_layouts, resolve_profile
+from migd.core.planner import describe, layout_matches, observed_layout, plan_gpu
+from migd.core.selection import SelectionError, desired_layouts, resolve_profile
 from migd.errors import InvalidRequest
-from migd.formats.config_file import ConfigEntry, DeviceFilter, parse_config
+from migd.formats.config_file import parse_config
 
 
 def entry(

@@ -37,13 +37,14 @@ from process_support import end, ended, finishes_within
 
 from migd.cli import main
 from migd.commands.common import simulated_reset_command
+from migd.core.config import Config
 from migd.core.selection import desired_layouts
 from migd.errors import InvalidRequest
-from migd.formats.config_file import Config, parse_config
+from migd.formats.config_file import parse_config
 from migd.formats.export import export_config, render
+from migd.formats.gpu_models import load_model, model_names
 from migd.gpu.executor import differences, format_result
 from migd.gpu.nvml import NvmlAdapter
-from migd.sim.models import load_model, model_names
 
 
 @pytest.fixture

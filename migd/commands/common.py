@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from migd.formats.config_file import DEFAULT_RESET_COMMAND, Config
+from migd.core.config import DEFAULT_RESET_COMMAND, Config
 
 DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
 ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")

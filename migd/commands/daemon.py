@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from migd.commands.common import add_config_file, add_selected_config, reset_command
+from migd.core.config import Settings
 from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlNode, load_selected
 from migd.daemon.metrics import MetricsEndpoint, start_endpoint
 from migd.daemon.notify import Notifier, watchdog_interval
-from migd.daemon.runtime import NotRunning, RuntimeDir, atomic_write, default_runtime_dir, pid_alive
+from migd.daemon.runtime import NotRunning, RuntimeDir, default_runtime_dir, pid_alive
 from migd.daemon.view import DaemonObserver
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
-from migd.formats.config_file import Settings
+from migd.formats.files import atomic_write
 from migd.log import setup_logging
 from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
 

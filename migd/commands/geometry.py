@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable
 
 from migd.commands.common import add_config_file, add_selected_config, env, reset_command
+from migd.core.config import Config, select_config
 from migd.core.layout import NodeSnapshot
 from migd.core.planner import format_plan, plan_node, plan_to_dict
 from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
 from migd.formats import checkpoint_file
-from migd.formats.config_file import Config, load_config, select_config
+from migd.formats.config_file import load_config
 from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
 from migd.gpu.executor import (
     ReconcileOptions,

@@ -16,11 +16,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from migd.core import nvml_codes
 from migd.errors import EXIT_OK, InvalidRequest
-from migd.sim import codes
+from migd.formats.gpu_models import ModelDataError, load_model, model_names
 from migd.sim import faults as sim_faults
 from migd.sim import node as sim
-from migd.sim.models import ModelDataError, load_model, model_names
 from migd.sim.state import CallFault, Flags, Node, StateError
 from migd.sim.store import StateStore, Transaction
 from migd.sim.symbols import check_call_name
@@ -283,7 +283,7 @@ def describe(node: Node) -> dict[str, Any]:
                 {
                     "call": f.call,
                     "gpu": f.gpu,
-                    "code": None if f.code is None else codes.code_name(f.code),
+                    "code": None if f.code is None else nvml_codes.code_name(f.code),
                     "hang_s": f.hang_s,
                     "latency_ms": f.latency_ms,
                     "after": f.after,
@@ -459,10 +459,10 @@ def _call_fault(args: argparse.Namespace) -> CallFault | None:
         raise InvalidRequest("--call needs one of --code, --hang, --latency")
     try:
         call = check_call_name(args.call)
-        code = None if args.code is None else codes.parse_code(args.code)
+        code = None if args.code is None else nvml_codes.parse_code(args.code)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    if code == codes.SUCCESS:
+    if code == nvml_codes.SUCCESS:
         raise InvalidRequest("--code SUCCESS would not be a fault")
     if args.after < 0 or (args.count is not None and args.count < 1):
         raise InvalidRequest("--after must be >= 0 and --count >= 1")

@@ -7,8 +7,10 @@ import os
 import sys
 
 from migd.commands.common import add_config_file, add_selected_config
+from migd.core.config import Config, find_selection
 from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError, Problem
-from migd.formats.config_file import Config, find_selection, load_config, ownership_warning
+from migd.formats.config_file import load_config
+from migd.formats.files import ownership_warning
 
 DESCRIPTION = """\
 Check a migd config file (mig-parted's v1 format plus migd's settings) and report
@@ -90,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_problems(config: Config, names: tuple[str, ...], model_name: str) -> list[str]:
     """Problems of the named configs' layouts on one GPU of ``model_name``, as lines."""
-    # The model tables come with the simulator; imported here so plain validation
-    # stays as light as it is.
+    # Selection, the planner's rules and the model tables are imported here, so plain
+    # validation stays as light as it is.
+    from migd.core.gpu_models import blank_gpu
     from migd.core.selection import model_fit_problems
-    from migd.sim.models import load_model
-    from migd.sim.tables import blank_gpu
+    from migd.formats.gpu_models import load_model
 
     try:
         gpu = blank_gpu(load_model(model_name))

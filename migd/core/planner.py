@@ -39,9 +39,8 @@ from migd.core.layout import (
     GpuState,
     NodeSnapshot,
     Placement,
-    ProfileName,
-    ProfileNameError,
 )
+from migd.core.profiles import ProfileName, ProfileNameError
 from migd.errors import InvalidRequest
 
 # ---------------------------------------------------------------------------

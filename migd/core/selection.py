@@ -27,21 +27,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from types import MappingProxyType
 from typing import Protocol
 
-from migd.core.layout import (
-    CiProfile,
-    DesiredGpu,
-    GiProfile,
-    GiSpec,
-    GpuState,
-    NodeSnapshot,
-    ProfileName,
-    ProfileNameError,
-)
+from migd.core.layout import CiProfile, DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
 from migd.core.planner import (
     describe,
     format_counts,
@@ -51,6 +41,7 @@ from migd.core.planner import (
     parsed_name,
     place_cis,
 )
+from migd.core.profiles import ProfileName, ProfileNameError, standard_ci_index, standard_gi_index
 from migd.errors import InvalidRequest
 
 __all__ = [
@@ -91,36 +82,6 @@ class SelectionError(InvalidRequest):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(self.problems))
-
-
-# NVML_GPU_INSTANCE_PROFILE_* index of the standard profile per (slices, attributes,
-# negated): what a memory-agnostic name stands for. 1_SLICE_REV2 (9, the 1g with
-# double memory) has no entry on purpose: "1g" is the plain 1-slice profile.
-_STANDARD_GI_INDEX: Mapping[tuple[int, tuple[str, ...], bool], int] = MappingProxyType(
-    {
-        (1, (), False): 0,
-        (2, (), False): 1,
-        (3, (), False): 2,
-        (4, (), False): 3,
-        (7, (), False): 4,
-        (8, (), False): 5,
-        (6, (), False): 6,
-        (1, ("me",), False): 7,
-        (2, ("me",), False): 8,
-        (1, ("gfx",), False): 10,
-        (2, ("gfx",), False): 11,
-        (4, ("gfx",), False): 12,
-        (3, ("gfx",), False): 17,
-        (1, ("me",), True): 13,
-        (2, ("me",), True): 14,
-        (1, ("me.all",), False): 15,
-        (2, ("me.all",), False): 16,
-    }
-)
-
-# NVML_COMPUTE_INSTANCE_PROFILE_* index per CI slice count: the plain CI of that size
-# when a GI offers more than one (1_SLICE_REV1 and 7_SLICE_NVL are the odd ones out).
-_STANDARD_CI_INDEX: Mapping[int, int] = MappingProxyType({1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6})
 
 
 @dataclass(frozen=True)
@@ -169,7 +130,7 @@ def _resolve_gi(gpu: GpuState, wanted: ProfileName, name: str) -> GiProfile:
         and (parsed.gi_slices, parsed.attributes, parsed.negated)
         == (wanted.gi_slices, wanted.attributes, wanted.negated)
     ]
-    base = _STANDARD_GI_INDEX.get((wanted.gi_slices, wanted.attributes, wanted.negated))
+    base = standard_gi_index(wanted.gi_slices, wanted.attributes, wanted.negated)
     for profile in same_size:
         if profile.index == base:
             return profile
@@ -200,7 +161,7 @@ def resolve_profile(gpu: GpuState, name: str) -> ResolvedProfile:
             )
         return ResolvedProfile(name, gi, full, whole_gi=True)
     sized = [ci for ci in gi.ci_profiles if ci.slice_count == parsed.ci_slices]
-    standard = [ci for ci in sized if ci.index == _STANDARD_CI_INDEX.get(parsed.ci_slices)]
+    standard = [ci for ci in sized if ci.index == standard_ci_index(parsed.ci_slices)]
     chosen = standard or sized
     if len(chosen) == 1:
         return ResolvedProfile(name, gi, chosen[0], whole_gi=False)

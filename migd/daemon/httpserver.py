@@ -26,7 +26,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from migd.formats.config_file import TlsSettings, split_listen_address
+from migd.core.config import TlsSettings, split_listen_address
 
 log = logging.getLogger("migd.daemon.metrics")
 

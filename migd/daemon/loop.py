@@ -45,9 +45,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from migd.core.config import BootPolicy, Config, Settings, select_config
 from migd.core.layout import DesiredGpu, NodeSnapshot
-from migd.core.planner import describe_current, layout_matches
-from migd.core.selection import describe, desired_layouts
+from migd.core.planner import describe, describe_current, layout_matches
+from migd.core.selection import desired_layouts
 from migd.daemon.notify import Notifier, SystemdStatus
 from migd.daemon.runtime import ReloadAnswer, RuntimeDir, StateFile
 from migd.daemon.view import DaemonObserver, DaemonView, GpuView, Phase, Trigger
@@ -61,7 +62,7 @@ from migd.errors import (
     MigdError,
     NvmlError,
 )
-from migd.formats.config_file import BootPolicy, Config, Settings, load_config, select_config
+from migd.formats.config_file import load_config
 from migd.gpu.executor import GpuOutcome, ReconcileOptions, ReconcileResult, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services

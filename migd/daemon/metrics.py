@@ -27,11 +27,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from migd import __version__
+from migd.core.config import MetricsSettings
 from migd.core.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, GpuState, NodeSnapshot
 from migd.core.planner import layout_counts, layout_problem, observed_layout, spec_names
 from migd.daemon.httpserver import MetricsServer
 from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
-from migd.formats.config_file import MetricsSettings
 from migd.gpu.executor import GpuOutcome, ReconcileResult
 from migd.node.strategy import STRATEGIES, check_strategy
 

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from migd.core.planner import describe_current
-from migd.core.selection import describe
+from migd.core.planner import describe, describe_current
 from migd.daemon.view import DaemonObserver, DaemonView
 from migd.errors import MigdError
+from migd.formats.files import atomic_write
 
 DEFAULT_RUNTIME_DIR = "/run/migd"
 RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"
@@ -55,20 +55,6 @@ class NotRunning(MigdError):
 
 class AlreadyRunning(MigdError):
     """Another daemon holds this runtime directory."""
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)

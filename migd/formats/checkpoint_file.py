@@ -25,9 +25,7 @@ The file (``version`` is required and checked first)::
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 
 from migd.core.layout import GpuInstance, GpuState, NodeSnapshot, Placement
 from migd.errors import ConfigError, Problem
+from migd.formats.files import atomic_write
 
 VERSION = "v1"
 KIND = "migd-checkpoint"
@@ -371,14 +370,5 @@ def write(path: str | Path, checkpoint: Checkpoint) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Readable by its owner only, as saved geometry always was; on disk before it counts.
+    atomic_write(Path(path), text.encode(), mode=0o600, durable=True)

@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from migd.core.layout import GiProfile, GpuState, NodeSnapshot, ProfileName, ProfileNameError
+from migd.core.layout import GiProfile, GpuState, NodeSnapshot
 from migd.core.planner import observed_layout
+from migd.core.profiles import ProfileName, ProfileNameError
 
 CONFIG_VERSION = "v1"
 DEFAULT_LABEL = "current"

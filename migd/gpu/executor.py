@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migd.command import run_command
+from migd.core.config import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
 from migd.core.layout import DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
 from migd.core.planner import (
     CiCreate,
     GiCreate,
     GpuPlan,
     ci_profile,
+    describe,
     describe_current,
     format_counts,
     layout_counts,
@@ -44,7 +46,6 @@ from migd.core.planner import (
     plan_node,
     profile_label,
 )
-from migd.core.selection import describe
 from migd.errors import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -60,7 +61,6 @@ from migd.formats.checkpoint_file import (
     gpu_matches,
     restore_diff,
 )
-from migd.formats.config_file import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
 
 if TYPE_CHECKING:
     from migd.gpu.nvml import NvmlAdapter

@@ -33,8 +33,13 @@ from migd.core.layout import (
     GpuState,
     NodeSnapshot,
     Placement,
-    ProfileName,
-    ProfileNameError,
+)
+from migd.core.profiles import (
+    CI_INDEX_SLICES,
+    canonical_or_raw,
+    ci_fits,
+    short_name,
+    standard_ci_index,
 )
 from migd.errors import NvmlError, ReadOnlyError
 
@@ -70,10 +75,6 @@ _NODE_ERRORS = frozenset(
     }
 )
 
-# Compute-instance profile index (NVML_COMPUTE_INSTANCE_PROFILE_*) by compute slices,
-# for the rule-based CI table (ids were seen equal to the index).
-_CI_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
-
 
 def error_name(code: int) -> str:
     """The NVML name of a return code (``19`` → ``IN_USE``; ``0`` → ``SUCCESS``)."""
@@ -86,35 +87,22 @@ def _text(value: bytes | str) -> str:
 
 def _short_profile_name(raw: bytes | str) -> str:
     """``b"MIG 1g.18gb"`` → ``1g.18gb``: the name exactly as the GPU reports it."""
-    name = _text(raw).strip()
-    return name[4:] if name.startswith("MIG ") else name
-
-
-def _canonical_or_raw(name: str) -> str:
-    try:
-        return str(ProfileName.parse(name))
-    except ProfileNameError:
-        return name
-
-
-def ci_fits(ci_slices: int, gi_slices: int) -> bool:
-    """Whether a CI of ``ci_slices`` compute slices is offered in a GI of ``gi_slices``.
-
-    The driver's rule (reference/nvml.md): c ≤ g and, unless c == g, 2c ≤ g+1.
-    """
-    return ci_slices <= gi_slices and (ci_slices == gi_slices or 2 * ci_slices <= gi_slices + 1)
+    return short_name(_text(raw).strip())
 
 
 def rule_ci_profiles(gi: GiProfile) -> tuple[CiProfile, ...]:
     """The CI profiles a GI profile offers, by rule, for when no GI exists to ask.
 
     NVML can only describe CI profiles through an existing GI; migd does not create
-    one just to look. Placements follow the first-fit model (every start 0..g-c);
-    the reconciler maps these onto the real table once the GI exists.
+    one just to look. One standard CI profile per size the GI offers, with ids equal
+    to their index (as seen on real GPUs); placements follow the first-fit model
+    (every start 0..g-c). The executor maps these onto the real table once the GI
+    exists.
     """
     g = gi.slice_count
     profiles = []
-    for c, index in _CI_INDEX_BY_SLICES.items():
+    for index in sorted({standard_ci_index(c) for c in CI_INDEX_SLICES.values()}):
+        c = CI_INDEX_SLICES[index]
         if not ci_fits(c, g):
             continue
         profiles.append(
@@ -541,7 +529,7 @@ class NvmlAdapter:
                 CiProfile(
                     index=index,
                     id=int(info.id),
-                    name=_canonical_or_raw(reported) if reported else fallback,
+                    name=canonical_or_raw(reported) if reported else fallback,
                     slice_count=slices,
                     instance_count=int(info.instanceCount),
                     multiprocessor_count=int(info.multiprocessorCount),

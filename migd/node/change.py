@@ -27,8 +27,8 @@ reported and logged but do not change its outcome. A reconcile with nothing to d
 runs no hook and stops nothing.
 
 systemd is driven through ``systemctl`` as an argv (:class:`Systemctl`, injectable),
-each call with a timeout. The GPU Operator's gpu-clients file (``clients.yaml``:
-``version: v1``, ``systemd-services: [...]``) is read here, unchanged.
+each call with a timeout. The GPU Operator's gpu-clients file naming more client units
+is read by ``migd.formats.clients_file``.
 """
 
 from __future__ import annotations
@@ -38,82 +38,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from yaml.nodes import Node
-
 from migd.command import CommandResult, run_command
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.errors import EXIT_FAILED, MigdError
-from migd.formats.config_file import (
-    YamlReader,
-    is_null,
-    read_trusted_file,
-    read_units,
-    read_version,
-    read_yaml_document,
-)
-from migd.gpu.executor import ReconcileOptions, ReconcileResult, reconcile, work_from_plan
-from migd.node.hooks import (
+from migd.formats.clients_file import load_clients_file
+from migd.formats.hooks_file import (
     APPLY_EXIT,
     APPLY_START,
     NO_HOOKS,
     PRE_APPLY_CONFIG,
     PRE_APPLY_MODE,
-    HookContext,
-    HookRun,
     HooksFile,
     load_hooks,
-    run_stage,
 )
+from migd.gpu.executor import ReconcileOptions, ReconcileResult, reconcile, work_from_plan
+from migd.node.hooks import HookContext, HookRun, run_stage
 from migd.node.nfd import NodeLabels, State, state_of, write_labels
 from migd.node.strategy import Strategy, StrategyCheck, check_strategy
 
 if TYPE_CHECKING:
-    from migd.formats.config_file import Config, Settings
+    from migd.core.config import Config, Settings
     from migd.gpu.nvml import NvmlAdapter
 
 log = logging.getLogger("migd.node.change")
-
-CLIENTS_VERSION = "v1"
-CLIENTS_KEYS = ("version", "systemd-services")
 
 # ``systemctl is-active`` states of a unit that is up or coming up, and so may hold a
 # GPU. A unit already "deactivating" is on its way down by someone else's hand: migd
 # neither stops it nor starts it again.
 RUNNING_STATES = frozenset({"active", "reloading", "activating", "refreshing"})
-
-
-# ---------------------------------------------------------------------------
-# The GPU Operator's gpu-clients file
-# ---------------------------------------------------------------------------
-
-
-def parse_clients_file(data: bytes, source: str) -> tuple[str, ...]:
-    """The unit names of a gpu-clients file (``clients.yaml``); ConfigError otherwise."""
-    return read_yaml_document(data, source, _read_clients_document)
-
-
-def load_clients_file(path: str, *, euid: int | None = None) -> tuple[str, ...]:
-    """Read and parse the gpu-clients file at ``path`` under the root file policy."""
-    return parse_clients_file(read_trusted_file(path, euid=euid), path)
-
-
-def _read_clients_document(r: YamlReader, root: Node | None) -> tuple[str, ...]:
-    if root is None:
-        return ()
-    found = r.fields(root, "", "a gpu-clients file", CLIENTS_KEYS)
-    read_version(
-        r,
-        root,
-        found,
-        CLIENTS_VERSION,
-        reads=f"the GPU Operator's gpu-clients format, version: {CLIENTS_VERSION}",
-    )
-    if "systemd-services" not in found or is_null(found["systemd-services"][1]):
-        return ()
-    _, node = found["systemd-services"]
-    return read_units(r, node, "systemd-services")
 
 
 # ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from migd.daemon.runtime import atomic_write
+from migd.formats.files import atomic_write
 from migd.gpu.executor import GpuOutcome, ReconcileResult
 
 log = logging.getLogger("migd.node.nfd")

@@ -36,10 +36,12 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from migd.sim import codes, faults, handles
+from migd.core import nvml_codes
+from migd.core.gpu_models import CiModel, GiModel, GpuModel
+from migd.core.profiles import CI_PROFILE_INDEX_COUNT
+from migd.sim import faults, handles
 from migd.sim import node as sim
 from migd.sim.handles import Handle, Kind
-from migd.sim.models import CiModel, GiModel, GpuModel
 from migd.sim.state import ComputeInstance, Gpu, GpuInstance, Node, StateError
 from migd.sim.store import StateStore, Transaction
 from migd.sim.symbols import MUTATING
@@ -170,9 +172,9 @@ def _write_text(buf_arg: Any, length_arg: Any, text: str) -> int:
         raise _BadArgument
     capacity = ctypes.sizeof(buf)
     if length < len(data) or capacity < len(data):
-        return codes.INSUFFICIENT_SIZE
+        return nvml_codes.INSUFFICIENT_SIZE
     ctypes.memmove(ctypes.addressof(buf), data, len(data))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @dataclass(frozen=True)
@@ -214,17 +216,17 @@ def _fill(
     array = _array_out(array_arg)
     if array is None:
         count.value = len(items)
-        return codes.SUCCESS if null_array_ok or not items else codes.INSUFFICIENT_SIZE
+        return nvml_codes.SUCCESS if null_array_ok or not items else nvml_codes.INSUFFICIENT_SIZE
     if not element_ok(array.element):
         raise _BadArgument
     capacity = count.value if array.length is None else min(count.value, array.length)
     if capacity < len(items):
         count.value = len(items)
-        return codes.INSUFFICIENT_SIZE
+        return nvml_codes.INSUFFICIENT_SIZE
     for i, item in enumerate(items):
         write(array.at(i), item)
     count.value = len(items)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _is_placement(cls: type) -> bool:
@@ -367,24 +369,24 @@ class FakeNvmlLibrary:
         except sim.NvmlFailure as failure:
             result = failure.code
         except _BadArgument:
-            result = codes.INVALID_ARGUMENT
+            result = nvml_codes.INVALID_ARGUMENT
         except (OSError, StateError):
             # The STATE file vanished or was spoiled under a running client.
-            result = codes.UNKNOWN
-        name = "SUCCESS" if isinstance(result, bytes) else codes.code_name(result)
+            result = nvml_codes.UNKNOWN
+        name = "SUCCESS" if isinstance(result, bytes) else nvml_codes.code_name(result)
         self.store.log_call(spec.name, name)
         return result
 
     def _dispatch(self, spec: _Spec, args: tuple[Any, ...]) -> Any:
         if spec.needs_init and self.init_count == 0:
-            return codes.UNINITIALIZED
+            return nvml_codes.UNINITIALIZED
         if spec.name == "nvmlErrorString":
             return spec.fn(self, None, *args)
         try:
             node = self.store.read()
         except (OSError, StateError):
             if spec.name == "nvmlInitWithFlags":
-                return codes.DRIVER_NOT_LOADED  # no node: as if no driver were loaded
+                return nvml_codes.DRIVER_NOT_LOADED  # no node: as if no driver were loaded
             raise
         gpu = spec.gpu_of(node, args) if spec.gpu_of is not None else None
         effect = faults.effect_without_counting(node.faults, spec.name, gpu)
@@ -396,7 +398,7 @@ class FakeNvmlLibrary:
         if effect.code is not None:
             return effect.code
         if gpu is not None and gpu in node.faults.lost_gpus:
-            return codes.GPU_IS_LOST
+            return nvml_codes.GPU_IS_LOST
         return spec.fn(self, node, *args)
 
     @staticmethod
@@ -439,7 +441,7 @@ class FakeNvmlLibrary:
 def _gpu_of_handle(node: Node, arg: Any) -> tuple[Gpu, Handle]:
     handle = handles.decode(_pointer_value(arg))
     if handle is None or handle.gpu >= len(node.gpus):
-        raise _fail(codes.INVALID_ARGUMENT, "not a handle of this node")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, "not a handle of this node")
     return node.gpus[handle.gpu], handle
 
 
@@ -447,7 +449,7 @@ def _device(node: Node, arg: Any) -> tuple[Gpu, GpuModel]:
     """A whole-GPU device handle (a MIG device handle is refused)."""
     gpu, handle = _gpu_of_handle(node, arg)
     if handle.kind != Kind.DEVICE:
-        raise _fail(codes.INVALID_ARGUMENT, "a GPU handle is needed")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, "a GPU handle is needed")
     return gpu, sim.model_of(gpu)
 
 
@@ -462,14 +464,14 @@ def _any_device(
         found = sim.find_ci(gpu, handle.serial)
         if found is not None and gpu.mig_current == 1:
             return gpu, sim.model_of(gpu), found
-    raise _fail(codes.INVALID_ARGUMENT, "not a device handle")
+    raise _fail(nvml_codes.INVALID_ARGUMENT, "not a device handle")
 
 
 def _gpu_instance(node: Node, arg: Any) -> tuple[Gpu, GpuInstance]:
     gpu, handle = _gpu_of_handle(node, arg)
     gi = sim.find_gi(gpu, handle.serial) if handle.kind == Kind.GPU_INSTANCE else None
     if gi is None:
-        raise _fail(codes.INVALID_ARGUMENT, "stale or foreign GPU instance handle")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, "stale or foreign GPU instance handle")
     return gpu, gi
 
 
@@ -477,13 +479,13 @@ def _compute_instance(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeIn
     gpu, handle = _gpu_of_handle(node, arg)
     found = sim.find_ci(gpu, handle.serial) if handle.kind == Kind.COMPUTE_INSTANCE else None
     if found is None:
-        raise _fail(codes.INVALID_ARGUMENT, "stale or foreign compute instance handle")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, "stale or foreign compute instance handle")
     return gpu, found[0], found[1]
 
 
 def _mig_capable(model: GpuModel) -> None:
     if not model.mig_capable:
-        raise _fail(codes.NOT_SUPPORTED, f"{model.name} has no MIG")
+        raise _fail(nvml_codes.NOT_SUPPORTED, f"{model.name} has no MIG")
 
 
 def _device_handle(gpu: Gpu) -> int:
@@ -530,16 +532,16 @@ def _gi_profile_by_id(model: GpuModel, profile_id: int) -> GiModel:
     _mig_capable(model)
     gi_model = model.gi_by_id(profile_id)
     if gi_model is None:
-        raise _fail(codes.INVALID_ARGUMENT, f"no GI profile id {profile_id}")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, f"no GI profile id {profile_id}")
     return gi_model
 
 
 def _ci_profile_by_id(gi_model: GiModel, profile_id: int) -> CiModel:
-    if profile_id >= sim.CI_PROFILE_INDEX_COUNT:
-        raise _fail(codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
+    if profile_id >= CI_PROFILE_INDEX_COUNT:
+        raise _fail(nvml_codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
     ci_model = gi_model.ci_by_id(profile_id)
     if ci_model is None:
-        raise _fail(codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}")
+        raise _fail(nvml_codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}")
     return ci_model
 
 
@@ -553,14 +555,14 @@ def _init(lib: FakeNvmlLibrary, node: Node, flags: Any) -> int:
     _uint(flags)
     with lib._count_lock:
         lib.init_count += 1
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlShutdown")
 def _shutdown(lib: FakeNvmlLibrary, node: Node) -> int:
     with lib._count_lock:
         lib.init_count = max(0, lib.init_count - 1)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlErrorString", needs_init=False)
@@ -568,8 +570,8 @@ def _error_string(lib: FakeNvmlLibrary, node: None, result: Any) -> bytes:
     try:
         code = int(getattr(result, "value", result))
     except (TypeError, ValueError):
-        code = codes.UNKNOWN
-    return codes.error_string(code).encode()
+        code = nvml_codes.UNKNOWN
+    return nvml_codes.error_string(code).encode()
 
 
 @_symbol("nvmlSystemGetDriverVersion")
@@ -590,7 +592,7 @@ def _nvml_version(lib: FakeNvmlLibrary, node: Node, buf: Any, length: Any) -> in
 @_symbol("nvmlDeviceGetCount_v2")
 def _count(lib: FakeNvmlLibrary, node: Node, count: Any) -> int:
     _set_scalar(count, len(node.gpus))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetHandleByIndex_v2", gpu_of=_by_index)
@@ -598,9 +600,9 @@ def _handle_by_index(lib: FakeNvmlLibrary, node: Node, index: Any, device: Any) 
     i = _uint(index)
     slot = _out_pointer(device)
     if i >= len(node.gpus):
-        return codes.INVALID_ARGUMENT
+        return nvml_codes.INVALID_ARGUMENT
     _store_pointer(slot, _device_handle(node.gpus[i]))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetHandleByUUID", gpu_of=_by_uuid)
@@ -609,9 +611,9 @@ def _handle_by_uuid(lib: FakeNvmlLibrary, node: Node, uuid: Any, device: Any) ->
     slot = _out_pointer(device)
     found = _find_uuid(node, text)
     if found is None:
-        return codes.NOT_FOUND
+        return nvml_codes.NOT_FOUND
     _store_pointer(slot, found.value)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetHandleByPciBusId_v2", gpu_of=_by_bus_id)
@@ -619,19 +621,19 @@ def _handle_by_bus_id(lib: FakeNvmlLibrary, node: Node, bus_id: Any, device: Any
     text = _text_in(bus_id).decode(errors="replace")
     slot = _out_pointer(device)
     if sim.parse_bus_id(text) is None:
-        return codes.INVALID_ARGUMENT
+        return nvml_codes.INVALID_ARGUMENT
     gpu = _find_bus_id(node, text)
     if gpu is None:
-        return codes.NOT_FOUND
+        return nvml_codes.NOT_FOUND
     _store_pointer(slot, _device_handle(gpu))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetIndex", gpu_of=_by_handle(0))
 def _index(lib: FakeNvmlLibrary, node: Node, device: Any, index: Any) -> int:
     gpu, _ = _device(node, device)
     _set_scalar(index, gpu.index)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetName", gpu_of=_by_handle(0))
@@ -664,7 +666,7 @@ def _pci_info(lib: FakeNvmlLibrary, node: Node, device: Any, info: Any) -> int:
     out.pciDeviceId = model.pci_device_id
     out.pciSubSystemId = model.pci_subsystem_id
     out.busId = gpu.bus_id.encode()
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _memory(node: Node, gpu: Gpu, model: GpuModel, mig: Any) -> tuple[int, int, int]:
@@ -686,7 +688,7 @@ def _memory_info(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) -> 
     out = _out_struct(memory, pynvml.c_nvmlMemory_t)
     total, _, used = _memory(node, gpu, model, mig)
     out.total, out.used, out.free = total, used, total - used
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetMemoryInfo_v2", gpu_of=_by_handle(0))
@@ -694,17 +696,17 @@ def _memory_info_v2(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) 
     gpu, model, mig = _any_device(node, device)
     out = _out_struct(memory, pynvml.c_nvmlMemory_v2_t)
     if out.version != pynvml.nvmlMemory_v2:
-        return codes.ARGUMENT_VERSION_MISMATCH
+        return nvml_codes.ARGUMENT_VERSION_MISMATCH
     total, reserved, used = _memory(node, gpu, model, mig)
     out.total, out.reserved, out.used, out.free = total, reserved, used, total - used
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetArchitecture", gpu_of=_by_handle(0))
 def _architecture(lib: FakeNvmlLibrary, node: Node, device: Any, arch: Any) -> int:
     _, model, _ = _any_device(node, device)
     _set_scalar(arch, model.architecture)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetVirtualizationMode", gpu_of=_by_handle(0))
@@ -717,7 +719,7 @@ def _virtualization_mode(lib: FakeNvmlLibrary, node: Node, device: Any, mode: An
         if passthrough
         else NVML_GPU_VIRTUALIZATION_MODE_NONE,
     )
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _running_processes(node: Node, device: Any, count: Any, infos: Any) -> int:
@@ -760,7 +762,7 @@ def _get_mig_mode(lib: FakeNvmlLibrary, node: Node, device: Any, current: Any, p
     _mig_capable(model)
     current_out, pending_out = _out_scalar(current), _out_scalar(pending)
     current_out.value, pending_out.value = gpu.mig_current, gpu.mig_pending
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceSetMigMode", gpu_of=_by_handle(0))
@@ -769,7 +771,7 @@ def _set_mig_mode(lib: FakeNvmlLibrary, node: Node, device: Any, mode: Any, stat
     wanted = _uint(mode)
     status_out = _out_scalar(status)
     status_out.value = lib.mutate(lambda n: sim.set_mig_mode(n, gpu.index, wanted))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 # ---------------------------------------------------------------------------
@@ -800,7 +802,7 @@ def _gi_profile_info(lib: FakeNvmlLibrary, node: Node, device: Any, profile: Any
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_t)
     _write_gi_profile(out, _gi_profile_by_index(model, _uint(profile)), v2=False)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetGpuInstanceProfileInfoV", gpu_of=_by_handle(0))
@@ -810,7 +812,7 @@ def _gi_profile_info_v(
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
     _write_gi_profile(out, _gi_profile_by_index(model, _uint(profile)), v2=True)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetGpuInstanceProfileInfoByIdV", gpu_of=_by_handle(0))
@@ -820,7 +822,7 @@ def _gi_profile_info_by_id(
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
     _write_gi_profile(out, _gi_profile_by_id(model, _uint(profile_id)), v2=True)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetGpuInstancePossiblePlacements_v2", gpu_of=_by_handle(0))
@@ -841,7 +843,7 @@ def _gi_remaining(
     gpu, model = _device(node, device)
     gi_model = _gi_profile_by_id(model, _uint(profile_id))
     _set_scalar(count, sim.gi_remaining_capacity(model, gpu, gi_model))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _create_gi(
@@ -859,7 +861,7 @@ def _create_gi(
         return n, _gi_handle(n.gpus[index], gi)
 
     _store_pointer(slot, lib.mutate(apply))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceCreateGpuInstance", gpu_of=_by_handle(0))
@@ -908,9 +910,9 @@ def _gpu_instance_by_id(
     slot = _out_pointer(gpu_instance)
     gi = sim.find_gi_by_id(gpu, wanted) if gpu.mig_current == 1 else None
     if gi is None:
-        return codes.NOT_FOUND
+        return nvml_codes.NOT_FOUND
     _store_pointer(slot, _gi_handle(gpu, gi))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlGpuInstanceGetInfo", gpu_of=_by_handle(0))
@@ -920,14 +922,14 @@ def _gpu_instance_info(lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, info
     _store_pointer(out.device, _device_handle(gpu))
     out.id, out.profileId = gi.id, gi.profile_id
     out.placement.start, out.placement.size = gi.start, gi.size
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlGpuInstanceDestroy", gpu_of=_by_handle(0))
 def _gpu_instance_destroy(lib: FakeNvmlLibrary, node: Node, gpu_instance: Any) -> int:
     gpu, gi = _gpu_instance(node, gpu_instance)
     lib.mutate(lambda n: (sim.destroy_gpu_instance(n, gpu.index, gi.serial), None))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 # ---------------------------------------------------------------------------
@@ -954,13 +956,15 @@ def _ci_profile_by_index(node: Node, gpu_instance: Any, profile: Any, eng_profil
     gpu, gi = _gpu_instance(node, gpu_instance)
     index, engine = _uint(profile), _uint(eng_profile)
     if (
-        index >= sim.CI_PROFILE_INDEX_COUNT
+        index >= CI_PROFILE_INDEX_COUNT
         or engine != pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
     ):
-        raise _fail(codes.INVALID_ARGUMENT, f"CI profile index {index}, engine profile {engine}")
+        raise _fail(
+            nvml_codes.INVALID_ARGUMENT, f"CI profile index {index}, engine profile {engine}"
+        )
     ci_model = sim.gi_model_of(sim.model_of(gpu), gi).ci_by_index(index)
     if ci_model is None:
-        raise _fail(codes.NOT_SUPPORTED, f"CI profile index {index} is not offered here")
+        raise _fail(nvml_codes.NOT_SUPPORTED, f"CI profile index {index} is not offered here")
     return ci_model
 
 
@@ -970,7 +974,7 @@ def _ci_profile_info(
 ) -> int:
     ci_model = _ci_profile_by_index(node, gpu_instance, profile, eng_profile)
     _write_ci_profile(_out_struct(info, pynvml.c_nvmlComputeInstanceProfileInfo_t), ci_model, False)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlGpuInstanceGetComputeInstanceProfileInfoV", gpu_of=_by_handle(0))
@@ -980,7 +984,7 @@ def _ci_profile_info_v(
     ci_model = _ci_profile_by_index(node, gpu_instance, profile, eng_profile)
     out = _out_struct(info, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t)
     _write_ci_profile(out, ci_model, True)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _gi_and_ci_profile(
@@ -997,7 +1001,7 @@ def _ci_remaining(
 ) -> int:
     _, gi, gi_model, ci_model = _gi_and_ci_profile(node, gpu_instance, profile_id)
     _set_scalar(count, sim.ci_remaining_capacity(gi, gi_model, ci_model))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gpu_of=_by_handle(0))
@@ -1029,7 +1033,7 @@ def _create_ci(
         return n, _ci_handle(n.gpus[index], ci)
 
     _store_pointer(slot, lib.mutate(apply))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlGpuInstanceCreateComputeInstance", gpu_of=_by_handle(0))
@@ -1075,9 +1079,9 @@ def _compute_instance_by_id(
     slot = _out_pointer(compute_instance)
     ci = next((c for c in gi.compute_instances if c.id == wanted), None)
     if ci is None:
-        return codes.NOT_FOUND
+        return nvml_codes.NOT_FOUND
     _store_pointer(slot, _ci_handle(gpu, ci))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlComputeInstanceGetInfo_v2", gpu_of=_by_handle(0))
@@ -1090,14 +1094,14 @@ def _compute_instance_info(
     _store_pointer(out.gpuInstance, _gi_handle(gpu, gi))
     out.id, out.profileId = ci.id, ci.profile_id
     out.placement.start, out.placement.size = ci.start, ci.size
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlComputeInstanceDestroy", gpu_of=_by_handle(0))
 def _compute_instance_destroy(lib: FakeNvmlLibrary, node: Node, compute_instance: Any) -> int:
     gpu, _, ci = _compute_instance(node, compute_instance)
     lib.mutate(lambda n: (sim.destroy_compute_instance(n, gpu.index, ci.serial), None))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 # ---------------------------------------------------------------------------
@@ -1111,7 +1115,7 @@ def _max_mig_devices(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any) 
     # nvml.h: zero if MIG is not supported or not enabled.
     enabled = model.mig_capable and gpu.mig_current == 1
     _set_scalar(count, model.max_gpu_instances if enabled else 0)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetMigDeviceHandleByIndex", gpu_of=_by_handle(0))
@@ -1124,15 +1128,15 @@ def _mig_device_by_index(
     slot = _out_pointer(mig_device)
     devices = sim.mig_devices(gpu)
     if i >= len(devices):
-        return codes.NOT_FOUND
+        return nvml_codes.NOT_FOUND
     _store_pointer(slot, _mig_handle(gpu, devices[i][1]))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 def _mig_device(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance]:
     gpu, _, mig = _any_device(node, arg)
     if mig is None:
-        raise _fail(codes.INVALID_ARGUMENT, "not a MIG device handle")
+        raise _fail(nvml_codes.INVALID_ARGUMENT, "not a MIG device handle")
     return gpu, mig[0], mig[1]
 
 
@@ -1140,28 +1144,28 @@ def _mig_device(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance
 def _parent_device(lib: FakeNvmlLibrary, node: Node, mig_device: Any, device: Any) -> int:
     gpu, _, _ = _mig_device(node, mig_device)
     _store_pointer(_out_pointer(device), _device_handle(gpu))
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceIsMigDeviceHandle", gpu_of=_by_handle(0))
 def _is_mig_device(lib: FakeNvmlLibrary, node: Node, device: Any, is_mig: Any) -> int:
     _, _, mig = _any_device(node, device)
     _set_scalar(is_mig, 0 if mig is None else 1)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetGpuInstanceId", gpu_of=_by_handle(0))
 def _mig_gi_id(lib: FakeNvmlLibrary, node: Node, device: Any, gi_id: Any) -> int:
     _, gi, _ = _mig_device(node, device)
     _set_scalar(gi_id, gi.id)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetComputeInstanceId", gpu_of=_by_handle(0))
 def _mig_ci_id(lib: FakeNvmlLibrary, node: Node, device: Any, ci_id: Any) -> int:
     _, _, ci = _mig_device(node, device)
     _set_scalar(ci_id, ci.id)
-    return codes.SUCCESS
+    return nvml_codes.SUCCESS
 
 
 PROVIDED: frozenset[str] = frozenset(_SPECS)

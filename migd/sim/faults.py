@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from migd.sim import codes
+from migd.core import nvml_codes
 from migd.sim.state import CallFault, Faults, KillFault, Node
 from migd.sim.symbols import ANY_CALL
 
@@ -125,7 +125,7 @@ def describe(fault: CallFault) -> str:
     """One line for ``migd sim show``."""
     what = []
     if fault.code is not None:
-        what.append(f"returns {codes.code_name(fault.code)}")
+        what.append(f"returns {nvml_codes.code_name(fault.code)}")
     if fault.hang_s:
         what.append(f"hangs {fault.hang_s:g} s")
     if fault.latency_ms:

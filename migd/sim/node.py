@@ -45,19 +45,20 @@ import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
 
+from migd.core import nvml_codes
+from migd.core.gpu_models import CiModel, GiModel, GpuModel
+from migd.core.profiles import CI_PROFILE_INDEX_COUNT, gi_indices_with_suffix
 from migd.errors import InvalidRequest, MigdError
-from migd.sim import codes
-from migd.sim.models import CiModel, GiModel, GpuModel, load_model
+from migd.formats.gpu_models import load_model
 from migd.sim.state import ComputeInstance, Flags, Gpu, GpuInstance, Node, Process
 
 NVML_DEVICE_ARCH_HOPPER = 9
 MAX_CIS_PER_GI = 8  # GPUMGR_MAX_COMPUTE_INSTANCES
-CI_PROFILE_INDEX_COUNT = 9  # NVML_COMPUTE_INSTANCE_PROFILE_COUNT
 
 # NVML_GPU_INSTANCE_PROFILE_* indices by media-engine class.
-_ME_INDICES = frozenset({7, 8})  # *_REV1: "+me"
-_ALL_ME_INDICES = frozenset({15, 16})  # *_ALL_ME: "+me.all"
-_NO_ME_INDICES = frozenset({13, 14})  # *_NO_ME: "-me"
+_ME_INDICES = gi_indices_with_suffix("+me")  # *_REV1
+_ALL_ME_INDICES = gi_indices_with_suffix("+me.all")  # *_ALL_ME
+_NO_ME_INDICES = gi_indices_with_suffix("-me")  # *_NO_ME
 
 # PCI buses of the eight GPUs of a DGX H100; a ninth GPU and on continue in the next
 # PCI domain with the same buses (as multi-domain hosts number them).
@@ -74,7 +75,9 @@ class NvmlFailure(Exception):
     def __init__(self, code: int, reason: str = "") -> None:
         self.code = code
         self.reason = reason
-        super().__init__(f"{codes.code_name(code)}: {reason}" if reason else codes.code_name(code))
+        super().__init__(
+            f"{nvml_codes.code_name(code)}: {reason}" if reason else nvml_codes.code_name(code)
+        )
 
 
 class ResetRefused(MigdError):
@@ -207,18 +210,18 @@ def _replace_gi(node: Node, gpu: Gpu, gi: GpuInstance) -> Node:
 
 def _gpu(node: Node, index: int) -> Gpu:
     if not 0 <= index < len(node.gpus):
-        raise NvmlFailure(codes.INVALID_ARGUMENT, f"no GPU {index}")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, f"no GPU {index}")
     return node.gpus[index]
 
 
 def _require_mig_capable(model: GpuModel) -> None:
     if not model.mig_capable:
-        raise NvmlFailure(codes.NOT_SUPPORTED, f"{model.name} has no MIG")
+        raise NvmlFailure(nvml_codes.NOT_SUPPORTED, f"{model.name} has no MIG")
 
 
 def _require_root(node: Node) -> None:
     if not node.flags.root:
-        raise NvmlFailure(codes.NO_PERMISSION, "the caller is not root")
+        raise NvmlFailure(nvml_codes.NO_PERMISSION, "the caller is not root")
 
 
 # ---------------------------------------------------------------------------
@@ -313,17 +316,17 @@ def create_gpu_instance(
     _require_mig_capable(model)
     gi_model = model.gi_by_id(profile_id)
     if gi_model is None:
-        raise NvmlFailure(codes.INVALID_ARGUMENT, f"no GI profile id {profile_id}")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, f"no GI profile id {profile_id}")
     _require_root(node)
     if gpu.mig_current != 1:
         # nvml.h: NOT_SUPPORTED "if device doesn't have MIG mode enabled".
-        raise NvmlFailure(codes.NOT_SUPPORTED, "MIG mode is disabled")
+        raise NvmlFailure(nvml_codes.NOT_SUPPORTED, "MIG mode is disabled")
     if placement is not None and placement not in gi_model.placements:
         raise NvmlFailure(
-            codes.INVALID_ARGUMENT, f"{placement} is not a placement of {gi_model.name}"
+            nvml_codes.INVALID_ARGUMENT, f"{placement} is not a placement of {gi_model.name}"
         )
     if _gi_room(model, gpu, gi_model) == 0:
-        raise NvmlFailure(codes.INSUFFICIENT_RESOURCES, f"no room for another {gi_model.name}")
+        raise NvmlFailure(nvml_codes.INSUFFICIENT_RESOURCES, f"no room for another {gi_model.name}")
     if placement is None:
         sizes = dict(gi_model.placements)
         candidates = [(start, sizes[start]) for start in gi_model.default_order]
@@ -331,7 +334,7 @@ def create_gpu_instance(
         candidates = [placement]
     chosen = next((p for p in candidates if _gi_free(gpu, p)), None)
     if chosen is None:
-        raise NvmlFailure(codes.INSUFFICIENT_RESOURCES, "every placement overlaps an instance")
+        raise NvmlFailure(nvml_codes.INSUFFICIENT_RESOURCES, "every placement overlaps an instance")
     used_ids = {gi.id for gi in gpu.gpu_instances}
     gi_id = gi_partition_id(model.slot_count, *chosen)
     if gi_id is None or gi_id in used_ids:
@@ -351,12 +354,12 @@ def destroy_gpu_instance(node: Node, gpu_index: int, serial: int) -> Node:
     gpu = _gpu(node, gpu_index)
     gi = find_gi(gpu, serial)
     if gi is None:
-        raise NvmlFailure(codes.INVALID_ARGUMENT, "stale GPU instance handle")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, "stale GPU instance handle")
     _require_root(node)
     if gi.compute_instances:
-        raise NvmlFailure(codes.IN_USE, f"GPU instance {gi.id} still has compute instances")
+        raise NvmlFailure(nvml_codes.IN_USE, f"GPU instance {gi.id} still has compute instances")
     if processes_on(node, gpu_index, gi.id):
-        raise NvmlFailure(codes.IN_USE, f"processes run on GPU instance {gi.id}")
+        raise NvmlFailure(nvml_codes.IN_USE, f"processes run on GPU instance {gi.id}")
     gpu = dataclasses.replace(
         gpu, gpu_instances=tuple(g for g in gpu.gpu_instances if g.serial != serial)
     )
@@ -420,28 +423,30 @@ def create_compute_instance(
     gpu = _gpu(node, gpu_index)
     gi = find_gi(gpu, gi_serial)
     if gi is None:
-        raise NvmlFailure(codes.INVALID_ARGUMENT, "stale GPU instance handle")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, "stale GPU instance handle")
     model = model_of(gpu)
     gi_model = gi_model_of(model, gi)
     if not 0 <= profile_id < CI_PROFILE_INDEX_COUNT:
-        raise NvmlFailure(codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, f"no CI profile id {profile_id}")
     ci_model = gi_model.ci_by_id(profile_id)
     if ci_model is None:
-        raise NvmlFailure(codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}")
+        raise NvmlFailure(
+            nvml_codes.NOT_SUPPORTED, f"{gi_model.name} offers no CI profile {profile_id}"
+        )
     _require_root(node)
     if placement is not None and placement not in ci_model.placements:
         raise NvmlFailure(
-            codes.INVALID_ARGUMENT, f"{placement} is not a placement of {ci_model.name}"
+            nvml_codes.INVALID_ARGUMENT, f"{placement} is not a placement of {ci_model.name}"
         )
     if _ci_room(gi, gi_model, ci_model) == 0:
-        raise NvmlFailure(codes.INSUFFICIENT_RESOURCES, f"no room for another {ci_model.name}")
+        raise NvmlFailure(nvml_codes.INSUFFICIENT_RESOURCES, f"no room for another {ci_model.name}")
     if placement is None:
         chosen = _default_ci_placement(model, gi, gi_model, ci_model)
     else:
         chosen = placement if _ci_free(gi, placement) else None
     if chosen is None:
         raise NvmlFailure(
-            codes.INSUFFICIENT_RESOURCES, "every placement overlaps a compute instance"
+            nvml_codes.INSUFFICIENT_RESOURCES, "every placement overlaps a compute instance"
         )
     used_ids = {ci.id for ci in gi.compute_instances}
     ci = ComputeInstance(
@@ -463,11 +468,11 @@ def destroy_compute_instance(node: Node, gpu_index: int, serial: int) -> Node:
     gpu = _gpu(node, gpu_index)
     found = find_ci(gpu, serial)
     if found is None:
-        raise NvmlFailure(codes.INVALID_ARGUMENT, "stale compute instance handle")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, "stale compute instance handle")
     gi, ci = found
     _require_root(node)
     if processes_on(node, gpu_index, gi.id, ci.id):
-        raise NvmlFailure(codes.IN_USE, f"processes run on compute instance {gi.id}/{ci.id}")
+        raise NvmlFailure(nvml_codes.IN_USE, f"processes run on compute instance {gi.id}/{ci.id}")
     new_gi = dataclasses.replace(
         gi, compute_instances=tuple(c for c in gi.compute_instances if c.serial != serial)
     )
@@ -485,24 +490,24 @@ def set_mig_mode(node: Node, gpu_index: int, mode: int) -> tuple[Node, int]:
     model = model_of(gpu)
     _require_mig_capable(model)
     if mode not in (0, 1):
-        raise NvmlFailure(codes.INVALID_ARGUMENT, f"MIG mode {mode}")
+        raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, f"MIG mode {mode}")
     _require_root(node)
     if mode == 0 and gpu.gpu_instances:
-        raise NvmlFailure(codes.IN_USE, "GPU instances exist")
+        raise NvmlFailure(nvml_codes.IN_USE, "GPU instances exist")
     if mode == gpu.mig_current:
         # Nothing to activate; a pending change the other way is withdrawn.
-        return replace_gpu(node, dataclasses.replace(gpu, mig_pending=mode)), codes.SUCCESS
+        return replace_gpu(node, dataclasses.replace(gpu, mig_pending=mode)), nvml_codes.SUCCESS
     busy = bool(processes_on(node, gpu_index))
     if model.mode_change_needs_reset:
         if node.flags.passthrough:
-            status = codes.RESET_REQUIRED
+            status = nvml_codes.RESET_REQUIRED
         elif node.flags.system_clients or busy:
-            status = codes.IN_USE
+            status = nvml_codes.IN_USE
         else:
-            status = codes.SUCCESS
+            status = nvml_codes.SUCCESS
     else:
-        status = codes.IN_USE if busy else codes.SUCCESS
-    if status == codes.SUCCESS:
+        status = nvml_codes.IN_USE if busy else nvml_codes.SUCCESS
+    if status == nvml_codes.SUCCESS:
         gpu = dataclasses.replace(gpu, mig_current=mode, mig_pending=mode, gpu_instances=())
     else:
         gpu = dataclasses.replace(gpu, mig_pending=mode)

@@ -46,7 +46,7 @@ class GpuInstance:
 @dataclass(frozen=True)
 class Gpu:
     index: int
-    model: str  # key of migd.sim.models
+    model: str  # key of a GPU model (migd.formats.gpu_models)
     uuid: str
     bus_id: str  # "00000000:18:00.0"
     mig_current: int = 0

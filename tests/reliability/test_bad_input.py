@@ -42,9 +42,10 @@ from reliability_support import (
 )
 from test_config_invalid import mutated_documents
 
+from migd.core.config import select_config
 from migd.daemon.watch import file_digest
 from migd.errors import ConfigError
-from migd.formats.config_file import parse_config, select_config
+from migd.formats.config_file import parse_config
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "invalid"
 CORPUS_FILES = sorted(CORPUS.iterdir())

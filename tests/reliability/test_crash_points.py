@@ -39,7 +39,7 @@ from reliability_support import (
     summary,
 )
 
-from migd.sim.codes import IN_USE, UNKNOWN
+from migd.core.nvml_codes import IN_USE, UNKNOWN
 from migd.sim.state import CallFault
 
 BIG = {"1g.18gb": 4, "3g.71gb": 1}

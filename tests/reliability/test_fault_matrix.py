@@ -52,7 +52,7 @@ from reliability_support import (
     summary,
 )
 
-from migd.sim import codes
+from migd.core import nvml_codes
 from migd.sim import faults as sim_faults
 from migd.sim.state import CallFault
 
@@ -140,7 +140,7 @@ def one_fault(node: Node, call: str, code: str) -> list[str]:
     faulted = CALLS[call]
     state = node.directory / f"apply-{call}-{code}.json"
     clone_node(node.base, state)
-    add_call_fault(state, CallFault(call=call, gpu=faulted, code=codes.CODES[code], count=1))
+    add_call_fault(state, CallFault(call=call, gpu=faulted, code=nvml_codes.CODES[code], count=1))
     problems = []
     failed = apply(state, node.config, "B")
     out = failed.stdout
@@ -254,7 +254,7 @@ def persistent_fault(
     before = scrape(url)
     held_before = gpus(daemon.state)
     log_mark = len(daemon.log())
-    add_call_fault(daemon.state, CallFault(call=call, gpu=faulted, code=codes.CODES[code]))
+    add_call_fault(daemon.state, CallFault(call=call, gpu=faulted, code=nvml_codes.CODES[code]))
     doc = flip(daemon, target)
 
     # Reported precisely, while the fault stays.

@@ -47,7 +47,7 @@ from reliability_support import (
     summary,
 )
 
-from migd.sim import codes
+from migd.core import nvml_codes
 from migd.sim.state import CallFault
 
 TWO_3G = {"3g.71gb": 2}
@@ -127,7 +127,7 @@ def run_soak(directory: Path, gpu_count: int, steps: int, seed: int) -> None:
                     gpu = rng.randrange(gpu_count)
                     wanted[gpu] = rng.choice([x for x in LAYOUTS if x != current[gpu]])
                     call, code = rng.choice(FAULT_CALLS), rng.choice(CODES)
-                    fault = CallFault(call=call, gpu=gpu, code=codes.CODES[code], count=1)
+                    fault = CallFault(call=call, gpu=gpu, code=nvml_codes.CODES[code], count=1)
                     add_call_fault(daemon.state, fault)
                 write_atomically(daemon.config, config(wanted, step))
                 doc = settled(daemon, generation + 1)

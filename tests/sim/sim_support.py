@@ -17,8 +17,8 @@ from typing import Any
 import pynvml
 from paths import REPO
 
+from migd.formats.gpu_models import load_model
 from migd.sim import node as sim_node
-from migd.sim.models import load_model
 from migd.sim.state import Flags
 from migd.sim.store import StateStore
 

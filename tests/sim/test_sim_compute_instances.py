@@ -10,8 +10,8 @@ import pynvml
 import pytest
 from sim_support import address, ci_placements, compute_instances, create_ci, create_gi
 
+from migd.formats.gpu_models import load_model, model_names
 from migd.sim import node as sim_node
-from migd.sim.models import load_model, model_names
 from migd.sim.store import StateStore
 
 MIG_MODELS = sorted({load_model(n).key for n in model_names() if load_model(n).mig_capable})

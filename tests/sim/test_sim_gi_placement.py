@@ -16,7 +16,8 @@ import pynvml
 import pytest
 from sim_support import create_gi, gi_layout, gi_placements
 
-from migd.sim.models import GpuModel, load_model, model_names
+from migd.core.gpu_models import GpuModel
+from migd.formats.gpu_models import load_model, model_names
 
 MODEL_KEYS = sorted({load_model(name).key for name in model_names()})
 MIG_MODELS = [key for key in MODEL_KEYS if load_model(key).mig_capable]

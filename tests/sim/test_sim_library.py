@@ -22,7 +22,8 @@ from sim_support import (
 )
 
 from migd import sim
-from migd.sim import codes, fakelib, symbols
+from migd.core import nvml_codes
+from migd.sim import fakelib, symbols
 from migd.sim import node as sim_node
 from migd.sim.state import Flags, Node
 from migd.sim.store import StateStore
@@ -46,7 +47,7 @@ def test_the_symbols_are_those_pynvml_fetches() -> None:
 
 
 def test_return_codes_match_pynvml() -> None:
-    for name, value in codes.CODES.items():
+    for name, value in nvml_codes.CODES.items():
         constant = "NVML_SUCCESS" if name == "SUCCESS" else f"NVML_ERROR_{name}"
         assert getattr(pynvml, constant) == value, name
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from migd.sim import codes, faults
+from migd.core import nvml_codes
+from migd.sim import faults
 from migd.sim import node as sim
 from migd.sim.state import CallFault, Flags, Node, StateError, from_json, to_json
 from migd.sim.store import StateStore
@@ -69,10 +70,10 @@ def test_a_refused_create_changes_nothing() -> None:
     node, gi = sim.create_gpu_instance(node, 0, 9, (0, 4))
     assert (gi.id, gi.serial) == (1, 1) and node.next_serial == 2
     for profile, placement, code in (
-        (9, (0, 4), codes.INSUFFICIENT_RESOURCES),
-        (5, None, codes.INSUFFICIENT_RESOURCES),
-        (9, (2, 4), codes.INVALID_ARGUMENT),
-        (99, None, codes.INVALID_ARGUMENT),
+        (9, (0, 4), nvml_codes.INSUFFICIENT_RESOURCES),
+        (5, None, nvml_codes.INSUFFICIENT_RESOURCES),
+        (9, (2, 4), nvml_codes.INVALID_ARGUMENT),
+        (99, None, nvml_codes.INVALID_ARGUMENT),
     ):
         with pytest.raises(sim.NvmlFailure) as raised:
             sim.create_gpu_instance(node, 0, profile, placement)
@@ -84,13 +85,13 @@ def test_a_refused_create_changes_nothing() -> None:
 @pytest.mark.parametrize(
     ("key", "flags", "busy", "status", "modes"),
     [
-        ("A100-SXM4-40GB", {}, False, codes.IN_USE, (0, 1)),
-        ("A100-SXM4-40GB", {"system_clients": False}, False, codes.SUCCESS, (1, 1)),
-        ("A100-SXM4-40GB", {"system_clients": False}, True, codes.IN_USE, (0, 1)),
-        ("A100-SXM4-40GB", {"passthrough": True}, False, codes.RESET_REQUIRED, (0, 1)),
-        ("H200-SXM-141GB", {}, False, codes.SUCCESS, (1, 1)),
-        ("H200-SXM-141GB", {"passthrough": True}, False, codes.SUCCESS, (1, 1)),
-        ("H200-SXM-141GB", {}, True, codes.IN_USE, (0, 1)),
+        ("A100-SXM4-40GB", {}, False, nvml_codes.IN_USE, (0, 1)),
+        ("A100-SXM4-40GB", {"system_clients": False}, False, nvml_codes.SUCCESS, (1, 1)),
+        ("A100-SXM4-40GB", {"system_clients": False}, True, nvml_codes.IN_USE, (0, 1)),
+        ("A100-SXM4-40GB", {"passthrough": True}, False, nvml_codes.RESET_REQUIRED, (0, 1)),
+        ("H200-SXM-141GB", {}, False, nvml_codes.SUCCESS, (1, 1)),
+        ("H200-SXM-141GB", {"passthrough": True}, False, nvml_codes.SUCCESS, (1, 1)),
+        ("H200-SXM-141GB", {}, True, nvml_codes.IN_USE, (0, 1)),
     ],
 )
 def test_mode_change_matrix(
@@ -118,7 +119,7 @@ def test_reset_applies_pending_modes_and_clears_instances() -> None:
 
 def test_faults_count_after_n_for_k() -> None:
     node = _node("H200-SXM-141GB", "H200-SXM-141GB")
-    fault = CallFault(call="nvmlDeviceGetMigMode", gpu=1, code=codes.UNKNOWN, after=1, count=2)
+    fault = CallFault(call="nvmlDeviceGetMigMode", gpu=1, code=nvml_codes.UNKNOWN, after=1, count=2)
     node = faults.add_call_fault(node, fault)
     results = []
     for gpu in (0, 1, 1, 1, 1, 0):
@@ -128,15 +129,15 @@ def test_faults_count_after_n_for_k() -> None:
     assert results == [
         (False, None),
         (True, None),
-        (True, codes.UNKNOWN),
-        (True, codes.UNKNOWN),
+        (True, nvml_codes.UNKNOWN),
+        (True, nvml_codes.UNKNOWN),
         (False, None),
         (False, None),
     ]
     # A fault on every call keeps no counter.
-    node = faults.add_call_fault(node, CallFault(call="*", code=codes.IN_USE, latency_ms=20))
+    node = faults.add_call_fault(node, CallFault(call="*", code=nvml_codes.IN_USE, latency_ms=20))
     assert faults.effect_without_counting(node.faults, "nvmlDeviceGetCount_v2", None) == (
-        faults.Effect(code=codes.IN_USE, delay_s=0.02)
+        faults.Effect(code=nvml_codes.IN_USE, delay_s=0.02)
     )
 
 
@@ -166,8 +167,8 @@ def test_state_round_trip(tmp_path: Path) -> None:
 
 
 def test_parse_code() -> None:
-    assert codes.parse_code("in_use") == 19
-    assert codes.parse_code("NVML_ERROR_INSUFFICIENT_RESOURCES") == 23
-    assert codes.parse_code("999") == 999
+    assert nvml_codes.parse_code("in_use") == 19
+    assert nvml_codes.parse_code("NVML_ERROR_INSUFFICIENT_RESOURCES") == 23
+    assert nvml_codes.parse_code("999") == 999
     with pytest.raises(ValueError, match="unknown NVML return code"):
-        codes.parse_code("BROKEN")
+        nvml_codes.parse_code("BROKEN")

@@ -1,5 +1,6 @@
-"""The simulator's GPU models: the H200 against a real readout, every model's consistency,
-name lookup, and the loader's refusal of broken data."""
+"""The GPU model tables (``validate --gpu-model`` and the simulator read them): the H200
+against a real readout, every model's consistency, name lookup, and the loader's refusal
+of broken data."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -15,16 +17,11 @@ import pytest
 import yaml
 from paths import H200_FIXTURE
 
-from migd.sim import models
-from migd.sim.models import (
-    NVML_ERROR_INVALID_ARGUMENT,
-    NVML_ERROR_NOT_SUPPORTED,
-    GpuModel,
-    ModelDataError,
-    load_model,
-    model_names,
-    parse_model,
-)
+from migd.core import gpu_models as models
+from migd.core.gpu_models import GpuModel
+from migd.core.nvml_codes import INVALID_ARGUMENT, NOT_SUPPORTED
+from migd.formats import gpu_models as model_files
+from migd.formats.gpu_models import ModelDataError, load_model, model_names, parse_model
 
 KEYS = (
     "A100-SXM4-40GB",
@@ -112,7 +109,7 @@ def test_h200_profile_index_matches_readout(entry: dict) -> None:
 def test_h200_answers_past_the_table_with_invalid_argument() -> None:
     h200 = load_model("H200")
     for index in (17, 18, 19, 64):
-        assert h200.profile_index_error(index) == NVML_ERROR_INVALID_ARGUMENT
+        assert h200.profile_index_error(index) == INVALID_ARGUMENT
     assert {i for i, _ in h200.profile_index_errors} | {gi.index for gi in h200.gi_profiles} >= set(
         range(18)
     )
@@ -139,7 +136,7 @@ def test_h200_compute_instances_follow_the_reference_tables() -> None:
 
 def test_every_model_file_is_present() -> None:
     for key in KEYS:
-        assert resources.files("migd.sim").joinpath(f"models/{key}.yaml").is_file(), key
+        assert resources.files("migd.formats").joinpath(f"gpu-models/{key}.yaml").is_file(), key
         assert load_model(key).key == key
 
 
@@ -282,7 +279,7 @@ def test_every_profile_index_has_an_answer(model: GpuModel) -> None:
         code = model.profile_index_error(index)
         assert (gi is None) != (code is None)
         if code is not None:
-            assert code in (NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED)
+            assert code in (INVALID_ARGUMENT, NOT_SUPPORTED)
 
 
 def test_synthesized_fields_are_named(model: GpuModel) -> None:
@@ -305,7 +302,7 @@ def test_l40s_has_no_mig() -> None:
     assert l40s.pci_device_id == 0x26B910DE
     assert l40s.architecture == 8
     assert l40s.memory_total_bytes // 2**20 == 46068
-    assert all(l40s.profile_index_error(i) == NVML_ERROR_NOT_SUPPORTED for i in range(32))
+    assert all(l40s.profile_index_error(i) == NOT_SUPPORTED for i in range(32))
 
 
 # ---------------------------------------------------------------------------
@@ -327,8 +324,9 @@ def test_models_are_frozen() -> None:
         h200.gi_profiles[0].id = 1  # type: ignore[misc]
 
 
-def test_models_module_does_not_import_pynvml() -> None:
-    tree = ast.parse(Path(models.__file__).read_text())
+@pytest.mark.parametrize("module", [models, model_files])
+def test_models_modules_do_not_import_pynvml(module: object) -> None:
+    tree = ast.parse(Path(module.__file__).read_text())  # type: ignore[attr-defined]
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -338,9 +336,12 @@ def test_models_module_does_not_import_pynvml() -> None:
     assert "pynvml" not in imported
 
 
+def h200_bytes() -> bytes:
+    return resources.files("migd.formats").joinpath("gpu-models/H200-SXM-141GB.yaml").read_bytes()
+
+
 def h200_document() -> dict:
-    text = resources.files("migd.sim").joinpath("models/H200-SXM-141GB.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.safe_load(h200_bytes())
 
 
 def gi_row(doc: dict, profile_id: int) -> dict:
@@ -348,7 +349,7 @@ def gi_row(doc: dict, profile_id: int) -> dict:
 
 
 def test_the_packaged_document_parses_to_the_loaded_model() -> None:
-    assert parse_model(h200_document(), "H200") == load_model("H200")
+    assert parse_model(h200_bytes(), "H200") == load_model("H200")
 
 
 BREAKAGES = {
@@ -401,5 +402,6 @@ def test_broken_data_is_refused_with_a_clear_error(case: str) -> None:
     breakage, message = BREAKAGES[case]
     breakage(doc)
     with pytest.raises(ModelDataError, match=message) as info:
-        parse_model(doc, "H200-SXM-141GB.yaml")
-    assert str(info.value).startswith("H200-SXM-141GB.yaml: ")
+        parse_model(yaml.safe_dump(doc).encode(), "H200-SXM-141GB.yaml")
+    # Located: the file, the line and column, and the key path of the broken field.
+    assert re.match(r"H200-SXM-141GB\.yaml:[0-9]+:[0-9]+: ", str(info.value)), info.value

@@ -1,8 +1,9 @@
 """NVML return codes: numbers, names and the texts ``nvmlErrorString`` gives.
 
 The numbers are ``nvmlReturn_t`` of nvml.h (API 13). They are kept here as plain data,
-without importing pynvml, so the ``migd sim`` command line (faults, stats) stays light;
-a test checks them against pynvml's ``NVML_ERROR_*`` constants.
+without importing pynvml, for the GPU model tables (how a GPU answers a profile index
+it lacks) and the simulated driver, and so the ``migd sim`` command line (faults,
+stats) stays light; a test checks them against pynvml's ``NVML_ERROR_*`` constants.
 """
 
 from __future__ import annotations
