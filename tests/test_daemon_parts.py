@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from daemon_support import NotifyListener, config_text, migd, wait_for
+from daemon_support import NotifyListener, config_text, wait_for
 from geometry_support import A100, make_node, scratch_dir
 from geometry_support import config_text as geometry_config
-from paths import REPO
 from process_support import ended
 
 from migd.core.layout import DesiredGpu, NodeSnapshot
@@ -40,7 +36,6 @@ from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.formats.files import atomic_write
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
-from migd.node.unit import UnitOptions, quote, render_unit
 
 # ---------------------------------------------------------------------------
 # sd_notify
@@ -169,71 +164,6 @@ def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
     atomic_write(path, b"new")
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["state.json"]  # no temporary file left
-
-
-# ---------------------------------------------------------------------------
-# The unit
-# ---------------------------------------------------------------------------
-
-
-def test_shipped_unit_is_the_rendered_one() -> None:
-    shipped = (REPO / "systemd" / "migd.service").read_text()
-    assert shipped == render_unit(UnitOptions())
-
-
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
-def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    # ExecStart= must exist for verify: point it at a stub executable.
-    stub = tmp_path / "bin" / "migd"
-    stub.parent.mkdir()
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
-    shipped = (REPO / "systemd" / "migd.service").read_text()
-    unit = tmp_path / "migd.service"
-    unit.write_text(shipped.replace("/usr/bin/migd", str(stub)))
-    proc = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    # Units it merely mentions (kubelet.service, …) need not exist on this machine.
-    problems = [
-        line
-        for line in (proc.stdout + proc.stderr).splitlines()
-        if line.strip() and "migd.service" in line
-    ]
-    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
-
-
-def test_quote_round_trips_through_systemd_rules() -> None:
-    assert quote("/usr/bin/migd") == "/usr/bin/migd"
-    assert quote("/srv/my node/state.json") == '"/srv/my node/state.json"'
-    assert quote("50%") == "50%%"
-    assert quote("$HOME") == "$$HOME"
-
-
-def test_install_unit_names_this_migd_and_the_simulated_node(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "migd"
-    state = tmp_path / "node.json"
-    proc = subprocess.run(
-        [str(exe), "--simulate", str(state), "install-unit", "--dry-run", "-f", "/etc/x.yaml"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    unit = proc.stdout
-    assert f"ExecStart={exe} run -f /etc/x.yaml\n" in unit
-    assert f"ExecReload={exe} reload\n" in unit
-    assert f"Environment=MIGD_SIMULATE={state}\n" in unit
-    assert f"ReadWritePaths={tmp_path}\n" in unit
-    home = any(os.path.realpath(p).startswith(("/root/", "/home/")) for p in (exe, sys.executable))
-    assert ("ProtectHome=read-only\n" in unit) == home
-
-    written = migd("install-unit", "--unit-dir", str(tmp_path / "units"))
-    assert written.returncode == 0, written.stderr
-    assert (tmp_path / "units" / "migd.service").read_text().startswith("# migd keeps")
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""migd's systemd unit: its text, and the rendering ``migd install-unit`` writes.
+"""migd's systemd unit, and the variant of it ``migd install-unit`` writes.
 
-The unit lives here rather than only in ``systemd/migd.service`` so that an
-installed migd (a wheel in a virtualenv) can write it with its own executable's
-path. ``systemd/migd.service`` is this text rendered for ``/usr/bin/migd``; a test
-keeps the two equal.
+The unit is written once, in ``systemd/migd.service`` (for ``/usr/bin/migd``, as a
+package installs it). This package carries the same file (``migd.service`` here is a
+link to it, which a wheel turns into a copy), so that an installed migd (a wheel in a
+virtualenv) can write the unit with its own executable's path: :func:`render_unit`
+changes only the lines that say where migd is and what it runs against.
 
 Why each directive is there is said beside it, in the unit itself, so that an
 operator reading ``systemctl cat migd`` learns it too.
@@ -14,86 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 UNIT_NAME = "migd.service"
 DEFAULT_EXECUTABLE = "/usr/bin/migd"
 # Directories systemd's ProtectHome= hides; a migd installed below one needs read access.
 HOME_DIRECTORIES = ("/home", "/root", "/run/user")
-
-UNIT_TEMPLATE = """\
-# migd keeps the MIG geometry of this node's NVIDIA GPUs as /etc/migd/config.yaml says.
-# It reports ready only once every GPU holds its layout, so the units ordered after it
-# (kubelet, slurmd, DCGM, the device plugin) never see a half-configured GPU.
-# Reload it after editing the config with: systemctl reload migd
-[Unit]
-Description=migd: MIG geometry of the NVIDIA GPUs
-# The driver and the daemons that hold the GPUs come first.
-After=systemd-modules-load.service nvidia-persistenced.service nvidia-fabricmanager.service
-# GPU consumers start once migd is ready. To keep one down when migd fails at boot
-# (boot-policy: strict), give it Requires=migd.service in a drop-in.
-Before=kubelet.service slurmd.service nvidia-dcgm.service
-Before=dcgm-exporter.service nvidia-device-plugin.service
-
-[Service]
-# READY=1 once the GPUs are right; RELOADING=1 … READY=1 around every reload.
-Type=notify
-# Only the daemon notifies; `migd reload` waits for its answer in /run/migd instead.
-NotifyAccess=main
-ExecStart={exec_start}
-# Signals the daemon and waits for the outcome: a refused config fails the reload.
-ExecReload={exec_reload}
-{environment}\
-Restart=on-failure
-RestartSec=5s
-# 2: the config is invalid (boot-policy strict); 4: a reboot is required. A restart
-# fixes neither.
-RestartPreventExitStatus=2 4
-# A MIG mode change with a GPU reset takes minutes; the daemon extends the timeout
-# (EXTEND_TIMEOUT_USEC) for every further step of a long change.
-TimeoutStartSec=10min
-# A stop lets the change in progress finish or roll back: never a half-built GPU.
-TimeoutStopSec=10min
-# SIGTERM to the daemon only: a GPU reset command it runs must not be cut short.
-KillMode=mixed
-# Pings come from the main loop; they stop while an NVML call is stuck for over 30 s.
-WatchdogSec=60s
-ConfigurationDirectory=migd
-RuntimeDirectory=migd
-# Keep /run/migd (state for `migd status`) across a watchdog restart.
-RuntimeDirectoryPreserve=restart
-StateDirectory=migd
-
-# Hardening that keeps /dev/nvidia* usable (GPU resets write to sysfs, so the kernel
-# tunables stay writable).
-ProtectSystem=strict
-ProtectHome={protect_home}
-PrivateTmp=yes
-PrivateDevices=no
-DevicePolicy=closed
-DeviceAllow=char-nvidia* rw
-# The /dev/nvidia-caps/nvidia-cap* nodes of new MIG devices are created here.
-DeviceAllow=char-nvidia-caps rwm
-# The node-feature-discovery label file and the CDI spec are rewritten after a change.
-ReadWritePaths=-/etc/kubernetes/node-feature-discovery/features.d -/etc/cdi -/var/run/cdi
-{read_write_paths}\
-NoNewPrivileges=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-ProtectClock=yes
-ProtectKernelLogs=yes
-# Unix sockets (systemd, the journal, nvidia-persistenced), IP for the metrics endpoint.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-UMask=0022
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-
-[Install]
-WantedBy=multi-user.target
-"""
-
 
 @dataclass(frozen=True)
 class UnitOptions:
@@ -127,18 +54,36 @@ def needs_home(paths: Sequence[str]) -> bool:
     return False
 
 
+def shipped_unit() -> str:
+    """The unit as shipped: ``systemd/migd.service``, for ``/usr/bin/migd``."""
+    return resources.files(__package__).joinpath(UNIT_NAME).read_text(encoding="utf-8")
+
+
 def render_unit(options: UnitOptions, *, home_paths: Sequence[str] = ()) -> str:
-    """The unit text. ``home_paths`` are files migd needs that may lie in home directories
-    (its executable, the interpreter, the config): if one does, ProtectHome= becomes
-    read-only instead of hiding them."""
-    environment = "".join(
+    """The shipped unit for this installation. ``home_paths`` are files migd needs that
+    may lie in home directories (its executable, the interpreter, the config): if one
+    does, ProtectHome= becomes read-only instead of hiding them.
+
+    ``ExecStart=`` and ``ExecReload=`` name ``options.command``; ``Environment=`` lines
+    follow ``ExecReload=``; extra ``ReadWritePaths=`` follow the shipped one. The default
+    options give the shipped unit back unchanged.
+    """
+    environment = [
         f"Environment={quote(f'{name}={value}')}\n" for name, value in options.environment.items()
-    )
-    read_write = "".join(f"ReadWritePaths={quote(p)}\n" for p in options.read_write_paths)
-    return UNIT_TEMPLATE.format(
-        exec_start=_command_line([*options.command, "run", *options.run_args]),
-        exec_reload=_command_line([*options.command, "reload"]),
-        environment=environment,
-        protect_home="read-only" if needs_home(home_paths) else "yes",
-        read_write_paths=read_write,
-    )
+    ]
+    read_write = [f"ReadWritePaths={quote(p)}\n" for p in options.read_write_paths]
+    lines = []
+    for line in shipped_unit().splitlines(keepends=True):
+        key = line.partition("=")[0]
+        if key == "ExecStart":
+            line = f"ExecStart={_command_line([*options.command, 'run', *options.run_args])}\n"
+        elif key == "ExecReload":
+            line = f"ExecReload={_command_line([*options.command, 'reload'])}\n"
+        elif key == "ProtectHome":
+            line = f"ProtectHome={'read-only' if needs_home(home_paths) else 'yes'}\n"
+        lines.append(line)
+        if key == "ExecReload":
+            lines += environment
+        elif key == "ReadWritePaths":
+            lines += read_write
+    return "".join(lines)
