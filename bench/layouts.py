@@ -20,7 +20,7 @@ from feasible import feasible_multisets, placeable
 from bench.simnode import H200
 from migd.core.gpu_models import blank_gpu
 from migd.core.layout import DesiredGpu, GiSpec, GpuState, Placement
-from migd.core.planner import name_order
+from migd.core.names import name_order
 from migd.formats.gpu_models import load_model
 
 Layout = tuple[str, ...]  # profile names, one per GPU instance, smallest first

@@ -68,7 +68,7 @@ def placed(gpu: GpuState, want: DesiredGpu) -> GpuState:
                 ComputeInstance(j, ci.profile_id, ci.placement) for j, ci in enumerate(c.cis)
             ),
         )
-        for i, c in enumerate(plan.create)
+        for i, c in enumerate(plan.create_gis)
     )
     return dataclasses.replace(gpu, instances=instances)
 

@@ -165,7 +165,7 @@ def _disruption(d: Mapping[str, Any]) -> list[str]:
         "",
         f"One simulated {d['gpu']}; every scenario on a fresh node with a fresh call log, "
         "counted with the simulator's call log (`migd sim stats`). migd runs the path "
-        "`migd apply` and the daemon take (config, then selection, planner and reconciler "
+        "`migd apply` and the daemon take (config, then selection, planner and executor "
         "inside the node's hooks and client units, none configured here) in-process; "
         "mig-parted is "
         "`bench/migparted_model.py`, a model of v0.15.0's apply over plain pynvml: clear the "

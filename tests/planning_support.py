@@ -25,8 +25,10 @@ from migd.core.layout import (
     GpuInstance,
     GpuState,
     Placement,
+    gi_spec,
 )
-from migd.core.planner import GpuPlan, gi_spec, place_cis
+from migd.core.placement import place_cis
+from migd.core.plan import GpuPlan
 from migd.formats.gpu_models import load_model
 
 H200 = "H200-SXM-141GB"
@@ -148,21 +150,26 @@ def partition_id(slot_count: int, placement: Placement) -> int:
 
 def apply_plan(gpu_state: GpuState, plan: GpuPlan, *, force: bool = False) -> GpuState:
     """Execute ``plan`` on the value types the way a GPU would, checking every step."""
-    assert not plan.blocked, plan.blocked
+    assert not plan.blockers, plan.blockers
     instances = {gi.id: gi for gi in gpu_state.instances}
     for gi_id in plan.keep:
         assert gi_id in instances
-    for step in plan.destroy:
-        gone = instances.pop(step.gi_id)
+    for gi_id in plan.destroy_gis:
+        gone = instances.pop(gi_id)
         assert force or not gone.busy, f"destroyed busy GI {gone}"
-        assert step.gi_id not in plan.keep
+        assert gi_id not in plan.keep
+        # Its compute instances go first, and only those.
+        assert [c for g, c in plan.destroy_cis if g == gi_id] == [
+            c.id for c in gone.compute_instances
+        ]
+    assert {g for g, _ in plan.destroy_cis} <= set(plan.destroy_gis)
     pending = gpu_state.mig_pending if plan.set_mode is None else plan.set_mode
     if plan.set_mode is False:
         assert not instances, "MIG disabled with instances left"
     enabled = pending if plan.activate_mode else gpu_state.mig_enabled
-    assert enabled == plan.desired.mig_enabled
-    assert pending == plan.desired.mig_enabled
-    for create in plan.create:
+    assert enabled == plan.target.mig_enabled
+    assert pending == plan.target.mig_enabled
+    for create in plan.create_gis:
         assert enabled
         profile = gpu_state.profile_by_id(create.profile_id)
         assert profile is not None
@@ -194,7 +201,7 @@ def apply_plan(gpu_state: GpuState, plan: GpuPlan, *, force: bool = False) -> Gp
         mig_pending=pending,
         instances=tuple(sorted(instances.values(), key=lambda g: g.id)),
     )
-    assert sorted(gi_spec(gi) for gi in final.instances) == sorted(plan.desired.instances)
+    assert sorted(gi_spec(gi) for gi in final.instances) == sorted(plan.target.instances)
     for gi_id in plan.keep:  # kept GIs are untouched, processes and all
         assert next(g for g in final.instances if g.id == gi_id) == next(
             g for g in gpu_state.instances if g.id == gi_id

@@ -1,4 +1,4 @@
-"""The checkpoint format and the restore diff, pure."""
+"""The checkpoint: capturing a GPU's exact geometry, and the file format. Pure."""
 
 from __future__ import annotations
 
@@ -7,21 +7,14 @@ import json
 
 import pytest
 
+from migd.core.checkpoint import (
+    capture,
+    gpu_matches,
+)
 from migd.core.gpu_models import blank_gpu
 from migd.core.layout import ComputeInstance, GpuInstance, NodeSnapshot, Placement
 from migd.errors import ConfigError
-from migd.formats.checkpoint_file import (
-    Checkpoint,
-    CiRecord,
-    GiRecord,
-    GpuRecord,
-    capture,
-    capture_gpu,
-    dumps,
-    gpu_matches,
-    loads,
-    restore_diff,
-)
+from migd.formats.checkpoint_file import dumps, loads
 from migd.formats.gpu_models import load_model
 
 
@@ -88,27 +81,3 @@ def test_foreign_files_are_refused(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as raised:
         loads(text, "cp.json")
     assert expected in str(raised.value)
-
-
-def test_restore_diff_keeps_what_matches_and_fixes_the_rest() -> None:
-    record = capture_gpu(h200([THREE, SMALL]))
-    # Now: the 3g lost a CI and a 2g sits where the 1g was.
-    two = GpuInstance(3, 14, Placement(0, 2), (ComputeInstance(0, 1, Placement(0, 2)),))
-    trimmed = dataclasses.replace(THREE, compute_instances=THREE.compute_instances[:1])
-    diff = restore_diff(h200([trimmed, two]), record)
-    assert diff.destroy_cis == ((3, 0),)
-    assert diff.destroy_gis == (3,)
-    assert diff.create_cis == ((2, CiRecord(0, Placement(1, 1))),)
-    assert diff.create_gis == (GiRecord(19, Placement(0, 1), (CiRecord(0, Placement(0, 1)),)),)
-    assert diff.set_mode is None and diff.busy == ()
-    assert restore_diff(h200([THREE, SMALL]), record).noop
-
-
-def test_restore_diff_names_busy_instances_and_mode_changes() -> None:
-    record = GpuRecord(0, h200().uuid, mig_enabled=False)
-    diff = restore_diff(h200([THREE]), record)
-    assert diff.set_mode is False
-    assert diff.destroy_gis == (2,) and diff.busy == ((2, (42,)),)
-    pending = dataclasses.replace(h200(enabled=False), mig_pending=True)
-    assert restore_diff(pending, record).set_mode is False  # a pending change is withdrawn
-    assert Checkpoint((record,)).by_uuid(record.uuid) is record

@@ -17,6 +17,7 @@ from geometry_support import H200, add_process, apply_text, config_text, make_no
 from paths import anchor
 
 from migd.core.layout import NodeSnapshot
+from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.daemon.loop import load_selected
 from migd.errors import ConfigError
@@ -32,7 +33,6 @@ from migd.node.change import (
     Systemctl,
     apply_with_services,
     around_change,
-    planned_change,
 )
 from migd.node.hooks import HookContext
 
@@ -493,7 +493,8 @@ def test_an_aborted_change_is_labelled_failed(systemd: FakeSystemd, tmp_path: Pa
 def change_for(text: str, name: str, options: ReconcileOptions | None = None) -> Change:
     now = snapshot()
     desired = desired_layouts(now, parse_config(text.encode(), "c.yaml").entries(name))
-    return planned_change(now, desired, options or ReconcileOptions())
+    options = options or ReconcileOptions()
+    return Change.of(plan_node(now, desired, force=options.force, mode_only=options.mode_only))
 
 
 LAYOUTS = config_text({"off": "", "small": "1g.18gb=7", "mixed": "1g.18gb=3,3g.71gb=1"})

@@ -31,15 +31,17 @@ from planning_support import H200 as H200_MODEL
 from planning_support import gpu
 from prometheus_client import generate_latest
 
+from migd.core.compare import mismatches
 from migd.core.config import ConfigEntry
 from migd.core.layout import GpuState, NodeSnapshot
-from migd.core.planner import format_plan, plan_node
+from migd.core.plan import Action, format_plan
+from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.daemon.loop import find_drift
 from migd.daemon.metrics import MetricsObserver
 from migd.daemon.view import DaemonView, GpuView, Phase
 from migd.errors import NvmlError
-from migd.gpu.executor import GpuOutcome, differences, format_result
+from migd.gpu.executor import GpuOutcome, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.sim import faults as sim_faults
 from migd.sim.state import Faults
@@ -108,16 +110,18 @@ def test_selection_gives_an_unreadable_gpu_no_layout_and_no_problem(
     snapshot = three_with_one_lost()
     desired = desired_layouts(snapshot, [entry(devices=devices)])
     assert 1 not in [d.index for d in desired]
-    assert all(p.index != 1 for p in plan_node(snapshot, desired))
+    plan = plan_node(snapshot, desired)
+    assert plan.gpu(1).action is Action.UNREADABLE and plan.gpu(1).target is None
+    assert 1 not in [d.index for d in plan.desired]
 
 
 def test_plan_assert_and_drift_name_the_unreadable_gpu() -> None:
     snapshot = three_with_one_lost()
     desired = desired_layouts(snapshot, [entry()])
-    text = format_plan(plan_node(snapshot, desired), snapshot)
+    text = format_plan(plan_node(snapshot, desired))
     assert f"GPU 1: {LOST}; nothing can be planned on it" in text
-    found = differences(snapshot, desired)
-    assert f"GPU 1: {LOST}" in found
+    found = mismatches(snapshot, desired)
+    assert (found[0].index, found[0].readable, found[0].unreadable) == (1, False, LOST)
     assert len(found) == 3  # GPUs 0 and 2 hold nothing yet
     drift = find_drift(snapshot, desired)
     assert [(d.index, d.repairable) for d in drift] == [(1, False), (0, True), (2, True)]

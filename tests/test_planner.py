@@ -25,6 +25,8 @@ from planning_support import (
     random_state,
 )
 
+from migd.core.checkpoint import Checkpoint, GpuRecord, capture_gpu
+from migd.core.compare import layout_matches
 from migd.core.layout import (
     ComputeInstance,
     DesiredGpu,
@@ -34,18 +36,17 @@ from migd.core.layout import (
     NodeSnapshot,
     Placement,
 )
-from migd.core.planner import (
+from migd.core.names import observed_layout
+from migd.core.plan import (
+    Action,
     Blocker,
+    CiCreate,
     GiCreate,
-    GiDestroy,
     GpuPlan,
     format_plan,
-    layout_matches,
-    observed_layout,
-    plan_gpu,
-    plan_node,
     plan_to_dict,
 )
+from migd.core.planner import plan_gpu, plan_node
 from migd.errors import InvalidRequest
 
 
@@ -78,9 +79,9 @@ def test_matching_instances_are_kept_and_the_rest_is_placed_around_them() -> Non
     desired = desired_of(h200, [_spec(h200, "3g.71gb"), _spec(h200, "2g.35gb")])
     plan = plan_gpu(current, desired)
     assert plan.keep == (2,)
-    assert plan.destroy == (GiDestroy(7),)
-    assert [(c.profile_id, c.placement) for c in plan.create] == [(14, Placement(0, 2))]
-    assert not plan.blocked and not plan.noop
+    assert plan.destroy_gis == (7,)
+    assert [(c.profile_id, c.placement) for c in plan.create_gis] == [(14, Placement(0, 2))]
+    assert not plan.blockers and not plan.noop
     apply_plan(current, plan)
 
 
@@ -91,8 +92,8 @@ def test_busy_instance_is_kept_when_a_packing_holds_it() -> None:
     desired = desired_of(h200, [_spec(h200, "3g.71gb")] + [_spec(h200, "2g.35gb")] * 2)
     plan = plan_gpu(current, desired)
     assert plan.keep == (2,)
-    assert plan.destroy == (GiDestroy(1),)
-    assert not plan.blocked
+    assert plan.destroy_gis == (1,)
+    assert not plan.blockers
     final = apply_plan(current, plan)
     assert any(gi.id == 2 and gi.busy for gi in final.instances)
 
@@ -105,21 +106,21 @@ def test_busy_instance_that_no_packing_holds_blocks_the_gpu() -> None:
     desired = desired_of(h200, [_spec(h200, "3g.71gb")] + [_spec(h200, "2g.35gb")] * 2)
     plan = plan_gpu(current, desired)
     assert plan.keep == (2,)  # the idle one is the one that fits
-    assert plan.blocked == (
+    assert plan.blockers == (
         Blocker(
             gi_id=1,
             profile="3g.71gb",
             pids=(4242, 4243),
-            reason=plan.blocked[0].reason,
+            reason=plan.blockers[0].reason,
         ),
     )
-    reason = plan.blocked[0].reason
+    reason = plan.blockers[0].reason
     assert "GI 1" in reason and "3g.71gb" in reason and "4242, 4243" in reason
     assert "cannot be placed around it" in reason
     assert not plan.noop
     forced = plan_gpu(current, desired, force=True)
-    assert not forced.blocked
-    assert GiDestroy(1) in forced.destroy
+    assert not forced.blockers
+    assert 1 in forced.destroy_gis
     apply_plan(current, forced, force=True)
 
 
@@ -138,18 +139,18 @@ def test_busy_instance_with_other_compute_instances_blocks() -> None:
     )
     current = _holding(h200, split)
     plan = plan_gpu(current, desired_of(h200, [_spec(h200, "2g.35gb")]))
-    assert [b.gi_id for b in plan.blocked] == [3]
-    assert plan.blocked[0].pids == (77,)
-    assert "compute instances" in plan.blocked[0].reason
-    assert "1c.2g.35gb×2" in plan.blocked[0].reason
+    assert [b.gi_id for b in plan.blockers] == [3]
+    assert plan.blockers[0].pids == (77,)
+    assert "compute instances" in plan.blockers[0].reason
+    assert "1c.2g.35gb×2" in plan.blockers[0].reason
 
 
 def test_busy_instance_not_in_the_layout_blocks_and_names_why() -> None:
     h200 = gpu(H200)
     current = _holding(h200, _gi(h200, 0, "7g.141gb", 0, pids=(9,)))
     plan = plan_gpu(current, desired_of(h200, [_spec(h200, "1g.18gb")] * 7))
-    assert [(b.gi_id, b.profile, b.pids) for b in plan.blocked] == [(0, "7g.141gb", (9,))]
-    assert "not in the desired layout" in plan.blocked[0].reason
+    assert [(b.gi_id, b.profile, b.pids) for b in plan.blockers] == [(0, "7g.141gb", (9,))]
+    assert "not in the desired layout" in plan.blockers[0].reason
 
 
 def test_more_busy_instances_than_wanted_keeps_as_many_as_wanted() -> None:
@@ -162,7 +163,7 @@ def test_more_busy_instances_than_wanted_keeps_as_many_as_wanted() -> None:
     )
     plan = plan_gpu(current, desired_of(h200, [_spec(h200, "1g.18gb")]))
     assert plan.keep == (7,)  # busy first, then the lowest id
-    assert [b.gi_id for b in plan.blocked] == [8]
+    assert [b.gi_id for b in plan.blockers] == [8]
 
 
 def test_busy_instances_are_preferred_over_a_larger_idle_keep_set() -> None:
@@ -179,9 +180,9 @@ def test_busy_instances_are_preferred_over_a_larger_idle_keep_set() -> None:
     desired = desired_of(h200, [_spec(h200, "3g.71gb")] + [_spec(h200, "1g.18gb")] * 3)
     plan = plan_gpu(current, desired)
     assert plan.keep == (11,)
-    assert plan.destroy == (GiDestroy(7), GiDestroy(8), GiDestroy(9))
-    assert not plan.blocked
-    assert sorted((c.profile_id, c.placement.start) for c in plan.create) == [
+    assert plan.destroy_gis == (7, 8, 9)
+    assert not plan.blockers
+    assert sorted((c.profile_id, c.placement.start) for c in plan.create_gis) == [
         (9, 0),
         (19, 5),
         (19, 6),
@@ -211,18 +212,16 @@ def test_random_transitions(key: str, seed: int) -> None:
         busy_total = sum(gi.busy for gi in current.instances)
         kept = [gi for gi in current.instances if gi.id in plan.keep]
         assert (sum(gi.busy for gi in kept), len(kept)) == best_keep(current, desired)
-        assert sorted(plan.keep + tuple(d.gi_id for d in plan.destroy)) == sorted(
-            gi.id for gi in current.instances
-        )
+        assert sorted(plan.keep + plan.destroy_gis) == sorted(gi.id for gi in current.instances)
         if sum(gi.busy for gi in kept) == busy_total:
-            assert not plan.blocked
+            assert not plan.blockers
             final = apply_plan(current, plan)
             assert plan_gpu(final, desired).noop
         else:
-            blocked = {b.gi_id for b in plan.blocked}
+            blocked = {b.gi_id for b in plan.blockers}
             assert blocked == {gi.id for gi in current.instances if gi.busy and gi not in kept}
             forced = plan_gpu(current, desired, force=True)
-            assert forced.keep == plan.keep and not forced.blocked
+            assert forced.keep == plan.keep and not forced.blockers
             apply_plan(current, forced, force=True)
 
 
@@ -243,8 +242,8 @@ def test_shared_instances_survive_a_transition() -> None:
     )
     plan = plan_gpu(current, desired)
     assert plan.keep == (2, 7, 8)
-    assert plan.destroy == (GiDestroy(9), GiDestroy(10))
-    assert [(c.profile_id, c.placement) for c in plan.create] == [(14, Placement(2, 2))]
+    assert plan.destroy_gis == (9, 10)
+    assert [(c.profile_id, c.placement) for c in plan.create_gis] == [(14, Placement(2, 2))]
     apply_plan(current, plan)
 
 
@@ -267,15 +266,16 @@ def test_same_inputs_give_the_same_plan_whatever_their_order() -> None:
         profiles = list(current.profiles)
         rng.shuffle(profiles)
         permuted = replace(current, instances=tuple(shuffled), profiles=tuple(profiles))
-        assert plan_gpu(permuted, desired) == plan
+        # Every decision is the same (the plan also carries the GPU as given).
+        assert replace(plan_gpu(permuted, desired), gpu=current) == plan
 
 
 def test_disable_destroys_everything_then_sets_the_mode() -> None:
     h200 = gpu(H200)
     current = _holding(h200, _gi(h200, 1, "3g.71gb", 0), _gi(h200, 2, "3g.71gb", 4))
     plan = plan_gpu(current, DesiredGpu(0, False))
-    assert plan.destroy == (GiDestroy(1), GiDestroy(2))
-    assert plan.create == () and plan.keep == ()
+    assert plan.destroy_gis == (1, 2)
+    assert plan.create_gis == () and plan.keep == ()
     assert plan.set_mode is False and plan.activate_mode
     final = apply_plan(current, plan)
     assert not final.mig_enabled and not final.instances
@@ -286,10 +286,10 @@ def test_disable_with_a_busy_instance_is_blocked_unless_forced() -> None:
     h200 = gpu(H200)
     current = _holding(h200, _gi(h200, 1, "3g.71gb", 0, pids=(31,)), _gi(h200, 2, "3g.71gb", 4))
     plan = plan_gpu(current, DesiredGpu(0, False))
-    assert [(b.gi_id, b.pids) for b in plan.blocked] == [(1, (31,))]
-    assert "MIG is to be disabled" in plan.blocked[0].reason
+    assert [(b.gi_id, b.pids) for b in plan.blockers] == [(1, (31,))]
+    assert "MIG is to be disabled" in plan.blockers[0].reason
     forced = plan_gpu(current, DesiredGpu(0, False), force=True)
-    assert not forced.blocked
+    assert not forced.blockers
     apply_plan(current, forced, force=True)
 
 
@@ -298,7 +298,7 @@ def test_enable_from_mig_off_sets_the_mode_then_creates_on_the_empty_axis() -> N
     desired = desired_of(off, [_spec(off, "3g.71gb")] * 2)
     plan = plan_gpu(off, desired)
     assert plan.set_mode is True and plan.activate_mode
-    assert [c.placement for c in plan.create] == [Placement(0, 4), Placement(4, 4)]
+    assert [c.placement for c in plan.create_gis] == [Placement(0, 4), Placement(4, 4)]
     final = apply_plan(off, plan)
     assert final.mig_enabled and layout_matches(final, desired)
 
@@ -331,7 +331,7 @@ def test_compute_instances_get_explicit_placements_inside_their_gi() -> None:
     ids = {ci.name: ci.id for ci in three_g.ci_profiles}
     spec = GiSpec(three_g.id, tuple(sorted((ids["1c.3g.71gb"], ids["2c.3g.71gb"]))))
     plan = plan_gpu(h200, desired_of(h200, [spec]))
-    (create,) = plan.create
+    (create,) = plan.create_gis
     assert isinstance(create, GiCreate)
     placed = {ci.profile_id: ci.placement for ci in create.cis}
     assert placed == {ids["2c.3g.71gb"]: Placement(0, 2), ids["1c.3g.71gb"]: Placement(2, 1)}
@@ -343,7 +343,7 @@ def test_the_double_memory_1g_gets_its_own_full_ci() -> None:
     spec = _spec(h200, "1g.35gb")
     assert spec.ci_profile_ids == (7,)  # CI index 7 (26 SMs), not the 16-SM plain 1c
     plan = plan_gpu(h200, desired_of(h200, [spec] * 4))
-    assert [c.cis[0].placement for c in plan.create] == [Placement(0, 2)] * 4
+    assert [c.cis[0].placement for c in plan.create_gis] == [Placement(0, 2)] * 4
     apply_plan(h200, plan)
 
 
@@ -390,11 +390,15 @@ def test_observed_layout_names_whole_gis_and_partial_cis() -> None:
     assert observed_layout(gpu(H200, mig_enabled=False)) == ()
 
 
-def test_plan_node_plans_desired_gpus_only_in_index_order() -> None:
+def test_plan_node_plans_desired_gpus_in_index_order_and_leaves_the_others_alone() -> None:
     a, b, c = gpu(H200, 0), gpu(H200, 1), gpu(H200, 2)
     snapshot = NodeSnapshot((c, a, b))
-    plans = plan_node(snapshot, [DesiredGpu(2, True), DesiredGpu(0, False)])
-    assert [p.index for p in plans] == [0, 2]
+    plan = plan_node(snapshot, [DesiredGpu(2, True), DesiredGpu(0, False)])
+    assert [p.index for p in plan.gpus] == [0, 2, 1]
+    assert [p.index for p in plan.gpus if p.target is not None] == [0, 2]
+    assert plan.gpu(1).action is Action.SKIPPED
+    assert plan.gpu(1).reason == "not covered by the selected config"
+    assert [d.index for d in plan.desired] == [0, 2]
     with pytest.raises(InvalidRequest, match="GPU 5"):
         plan_node(snapshot, [DesiredGpu(5, True)])
 
@@ -408,30 +412,29 @@ def test_format_and_dict() -> None:
         desired_of(h200, [_spec(h200, "1g.18gb")] * 2 + [_spec(h200, "3g.71gb")]),
         DesiredGpu(1, True, (_spec(h200, "7g.141gb"),)),
     ]
-    plans = plan_node(snapshot, desired)
-    text = format_plan(plans, snapshot)
+    plan = plan_node(snapshot, desired)
+    text = format_plan(plan)
     assert "GPU 0 NVIDIA H200" in text
     assert "-> 1g.18gb×2+3g.71gb" in text
     assert "create   3g.71gb at 0:4 with CI 3g.71gb at 0:4" in text
     assert "BLOCKED  GI 1 (3g.71gb at 0:4) runs pid(s) 4242" in text
     assert "GPU 2 NVIDIA L40S" in text and "left alone" in text
-    data = [plan_to_dict(p, snapshot.gpu(p.index)) for p in plans]
+    assert plan.gpu(1).action is Action.BLOCKED and plan.gpu(2).action is Action.SKIPPED
+    data = [plan_to_dict(p) for p in plan.gpus if p.target is not None]
     json.dumps(data)  # JSON-ready
     assert data[0]["desired"]["layout"] == [["1g.18gb", 2], ["3g.71gb", 1]]
     assert data[0]["create"][0]["placement"] == {"start": 0, "size": 4}
     assert data[1]["blocked"][0]["pids"] == [4242]
     assert data[1]["destroy"][0]["busy"] is True
-    done = apply_plan(h200, plans[0])
-    assert "nothing to do" in format_plan(
-        plan_node(NodeSnapshot((done,)), desired[:1]), NodeSnapshot((done,))
-    )
+    done = apply_plan(h200, plan.gpu(0))
+    assert "nothing to do" in format_plan(plan_node(NodeSnapshot((done,)), desired[:1]))
 
 
 def test_noop_plan() -> None:
     h200 = gpu(H200)
     current = _holding(h200, _gi(h200, 1, "3g.71gb", 0, pids=(1,)), _gi(h200, 2, "3g.71gb", 4))
     plan = plan_gpu(current, desired_of(h200, [_spec(h200, "3g.71gb")] * 2))
-    assert plan == GpuPlan(0, plan.desired, None, False, (1, 2), (), (), ())
+    assert plan == GpuPlan(current, Action.NOOP, plan.target, keep=(1, 2))
     assert plan.noop
 
 
@@ -444,5 +447,62 @@ def test_forced_destroys_start_with_the_busy_instances() -> None:
         _gi(h200, 2, "3g.71gb", 4),
     )
     plan = plan_gpu(current, desired_of(h200, [_spec(h200, "7g.141gb")]), force=True)
-    assert plan.destroy == (GiDestroy(4), GiDestroy(2), GiDestroy(3))
+    assert plan.destroy_gis == (4, 2, 3)
     apply_plan(current, plan, force=True)
+
+
+# ---------------------------------------------------------------------------
+# Towards a checkpoint (restore, and putting a failed GPU back)
+# ---------------------------------------------------------------------------
+
+THREE = GpuInstance(
+    2,
+    9,
+    Placement(4, 4),
+    (ComputeInstance(0, 0, Placement(0, 1)), ComputeInstance(1, 0, Placement(1, 1), (42,))),
+)
+SMALL = GpuInstance(7, 19, Placement(0, 1), (ComputeInstance(0, 0, Placement(0, 1)),))
+
+
+def _h200(instances=(), enabled=True):  # type: ignore[no-untyped-def]
+    return replace(gpu(H200, 0, mig_enabled=enabled), instances=tuple(instances))
+
+
+def _restore(current: GpuState, record: GpuRecord, force: bool = False) -> GpuPlan:
+    return plan_node(NodeSnapshot((current,)), Checkpoint((record,)), force=force).gpu(0)
+
+
+def test_a_plan_towards_a_checkpoint_keeps_what_matches_and_fixes_the_rest() -> None:
+    record = capture_gpu(_h200([THREE, SMALL]))
+    # Now: the 3g lost a CI and a 2g sits where the 1g was.
+    two = GpuInstance(3, 14, Placement(0, 2), (ComputeInstance(0, 1, Placement(0, 2)),))
+    trimmed = replace(THREE, compute_instances=THREE.compute_instances[:1])
+    plan = _restore(_h200([trimmed, two]), record)
+    assert plan.action is Action.CHANGE and plan.exact == record
+    assert plan.keep == (2,)
+    assert plan.destroy_cis == ((3, 0),)
+    assert plan.destroy_gis == (3,)
+    assert plan.create_cis == ((2, CiCreate(0, Placement(1, 1))),)
+    assert plan.create_gis == (GiCreate(19, Placement(0, 1), (CiCreate(0, Placement(0, 1)),)),)
+    assert plan.set_mode is None and not plan.activate_mode and plan.blockers == ()
+    assert _restore(_h200([THREE, SMALL]), record).action is Action.NOOP
+
+
+def test_a_plan_towards_a_checkpoint_names_busy_instances_and_mode_changes() -> None:
+    record = GpuRecord(0, _h200().uuid, mig_enabled=False)
+    plan = _restore(_h200([THREE]), record)
+    assert plan.set_mode is False and plan.activate_mode
+    assert plan.destroy_gis == (2,)
+    assert [(b.gi_id, b.pids) for b in plan.blockers] == [(2, (42,))]
+    assert plan.action is Action.BLOCKED
+    assert plan.reason == "restoring would destroy busy instances: GI 2 (pid 42) (force overrides)"
+    assert _restore(_h200([THREE]), record, force=True).action is Action.CHANGE
+    pending = replace(_h200(enabled=False), mig_pending=True)
+    assert _restore(pending, record).set_mode is False  # a pending change is withdrawn
+    assert Checkpoint((record,)).by_uuid(record.uuid) is record
+
+
+def test_a_checkpoint_naming_a_gpu_the_node_lacks_is_refused_before_anything() -> None:
+    record = GpuRecord(0, "GPU-elsewhere", mig_enabled=False)
+    with pytest.raises(InvalidRequest, match="GPU-elsewhere"):
+        plan_node(NodeSnapshot((_h200(),)), Checkpoint((record,)))

@@ -23,7 +23,9 @@ from planning_support import (
     gpu,
 )
 
-from migd.core.planner import layout_matches, layout_problem, plan_gpu
+from migd.core.compare import layout_matches
+from migd.core.placement import layout_problem
+from migd.core.planner import plan_gpu
 from migd.errors import InvalidRequest
 
 
@@ -67,10 +69,10 @@ def test_every_feasible_layout_is_placed_from_empty(key: str) -> None:
     for ids in sorted(feasible):
         desired = desired_of(blank, _specs(blank, ids))
         plan = plan_gpu(blank, desired)
-        assert not plan.destroy and not plan.keep and not plan.blocked
+        assert not plan.destroy_gis and not plan.keep and not plan.blockers
         assert plan.set_mode is None and not plan.activate_mode
-        assert len(plan.create) == len(ids)
-        assert Counter(c.profile_id for c in plan.create) == Counter(ids)
+        assert len(plan.create_gis) == len(ids)
+        assert Counter(c.profile_id for c in plan.create_gis) == Counter(ids)
         assert plan.noop == (not ids)
         final = apply_plan(blank, plan)
         assert layout_matches(final, desired)

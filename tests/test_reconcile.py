@@ -32,9 +32,11 @@ from geometry_support import (
 from planning_support import best_keep, feasible_multisets, gpu, spec_options
 from process_support import end, ended, finishes_within
 
+from migd.core.compare import layout_matches
 from migd.core.layout import DesiredGpu, GiSpec
-from migd.core.planner import layout_counts, layout_matches, plan_gpu
-from migd.gpu.executor import GpuOutcome, ReconcileOptions, reconcile, reset_gpus
+from migd.core.names import layout_counts
+from migd.core.planner import plan_gpu, plan_node
+from migd.gpu.executor import GpuOutcome, ReconcileOptions, execute, run_reset_command
 from migd.gpu.nvml import NvmlAdapter
 from migd.sim import node as sim_node
 from migd.sim.symbols import MUTATING
@@ -113,7 +115,7 @@ def test_every_feasible_h200_layout_from_empty_with_one_create_per_gi(scratch: P
                 True,
                 tuple(sorted(GiSpec(p, (table.profile_by_id(p).full_ci().id,)) for p in ids)),
             )
-            result = reconcile(nvml, snap, [want], ReconcileOptions())
+            result = execute(nvml, plan_node(snap, [want]), ReconcileOptions())
             assert result.gpus[0].outcome is GpuOutcome.APPLIED, (ids, result.gpus[0])
             made = delta(stats(state), before)
             assert made["nvmlDeviceCreateGpuInstanceWithPlacement"] == {"SUCCESS": len(ids)}
@@ -122,7 +124,7 @@ def test_every_feasible_h200_layout_from_empty_with_one_create_per_gi(scratch: P
             }
             assert unexpected_failures(made) == {}, ids
             assert sorted(gi.profile_id for gi in nvml.gpu(0).instances) == list(ids)
-            cleared = reconcile(nvml, nvml.snapshot(), [empty], ReconcileOptions())
+            cleared = execute(nvml, plan_node(nvml.snapshot(), [empty]), ReconcileOptions())
             assert cleared.gpus[0].outcome is GpuOutcome.APPLIED
     assert unexpected_failures(stats(state)) == {}
 
@@ -340,7 +342,7 @@ def test_a_hanging_reset_command_is_killed_at_its_timeout_with_what_it_started(
 ) -> None:
     pidfile = tmp_path / "child.pid"
     command = (SH, "-c", f"sleep 60 & echo $! > {pidfile}; wait", "reset", "{bus_ids}")
-    problem = finishes_within(10, lambda: reset_gpus(command, [BUS_ID], 0.5), "the reset")
+    problem = finishes_within(10, lambda: run_reset_command(command, [BUS_ID], 0.5), "the reset")
     assert ended(int(pidfile.read_text())), "the reset command's child outlived it"
     assert problem == "/bin/sh did not finish within 0.5 s and was killed"
 
@@ -353,7 +355,9 @@ def test_a_reset_command_leaving_a_child_on_its_output_does_not_hold_migd(
     script = f'sleep 60 & echo $! > {pidfile}; echo "reset $0"'
     try:
         problem = finishes_within(
-            10, lambda: reset_gpus((SH, "-c", script, "{bus_ids}"), [BUS_ID], 30), "the reset"
+            10,
+            lambda: run_reset_command((SH, "-c", script, "{bus_ids}"), [BUS_ID], 30),
+            "the reset",
         )
         assert problem is None
     finally:
@@ -362,9 +366,9 @@ def test_a_reset_command_leaving_a_child_on_its_output_does_not_hold_migd(
 
 def test_a_reset_command_that_fails_or_cannot_start_says_why() -> None:
     failing = (SH, "-c", "echo 'GPU is busy' >&2; exit 3", "{bus_ids}")
-    assert reset_gpus(failing, [BUS_ID], 10) == "/bin/sh exited with status 3: GPU is busy"
+    assert run_reset_command(failing, [BUS_ID], 10) == "/bin/sh exited with status 3: GPU is busy"
     missing = ("/nonexistent/nvidia-smi", "-r", "-i", "{bus_ids}")
-    assert reset_gpus(missing, [BUS_ID], 10) == "/nonexistent/nvidia-smi: command not found"
+    assert run_reset_command(missing, [BUS_ID], 10) == "/nonexistent/nvidia-smi: command not found"
 
 
 def test_passthrough_gpu_needs_a_reboot_and_is_not_reset(scratch: Path) -> None:

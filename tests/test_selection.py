@@ -9,9 +9,11 @@ import pytest
 from paths import anchor
 from planning_support import A30, A100_40GB, H200, apply_plan, gpu, l40s, profile_named
 
+from migd.core.compare import layout_matches
 from migd.core.config import ConfigEntry, DeviceFilter
 from migd.core.layout import DesiredGpu, GiSpec, GpuState, NodeSnapshot
-from migd.core.planner import describe, layout_matches, observed_layout, plan_gpu
+from migd.core.names import describe, observed_layout
+from migd.core.planner import plan_gpu
 from migd.core.selection import SelectionError, desired_layouts, resolve_profile
 from migd.errors import InvalidRequest
 from migd.formats.config_file import parse_config
@@ -222,7 +224,7 @@ def test_mig_parted_a100_40gb_capacity_cases(mig_devices: dict[str, int], valid:
     if valid:
         (desired,) = desired_layouts(node(a100), [entry(mig_devices)])
         assert desired.mig_enabled
-        assert len(plan_gpu(a100, desired).create) == sum(mig_devices.values())
+        assert len(plan_gpu(a100, desired).create_gis) == sum(mig_devices.values())
     else:
         (problem,) = problems(node(a100), entry(mig_devices))
         assert "GPU 3 (NVIDIA A100-SXM4-40GB)" in problem

@@ -37,13 +37,14 @@ from process_support import end, ended, finishes_within
 
 from migd.cli import main
 from migd.commands.common import simulated_reset_command
+from migd.core.compare import mismatches
 from migd.core.config import Config
 from migd.core.selection import desired_layouts
 from migd.errors import InvalidRequest
 from migd.formats.config_file import parse_config
 from migd.formats.export import export_config, render
 from migd.formats.gpu_models import load_model, model_names
-from migd.gpu.executor import differences, format_result
+from migd.gpu.executor import format_result
 from migd.gpu.nvml import NvmlAdapter
 
 
@@ -117,7 +118,7 @@ def apply_each(scratch: Path, model: str, cases: list[ConfigCase]) -> list[str]:
             assert result.exit_code == 0, (file, name, format_result(result))
             after = nvml.snapshot()
         want = desired_layouts(after, config.entries(name))
-        assert differences(after, want) == [], (file, name)
+        assert mismatches(after, want) == (), (file, name)
         exported = parse_config(render(export_config(after, "now"), "yaml").encode(), "export")
         got = desired_layouts(after, exported.entries("now"))
         assert [(d.index, d.mig_enabled, d.instances) for d in got] == [

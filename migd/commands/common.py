@@ -56,7 +56,7 @@ def add_selected_config(
 def simulated_reset_command(state: str) -> tuple[str, ...]:
     """The reset command of the simulated node in ``state``: ``migd sim reset``.
 
-    The reconciler runs it like any reset command, so neither it nor the NVML adapter
+    The executor runs it like any reset command, so neither it nor the NVML adapter
     knows the node is simulated.
     """
     return (sys.executable, "-m", "migd", "sim", "reset", state, "--bus-id", "{bus_ids}")

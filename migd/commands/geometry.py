@@ -2,7 +2,7 @@
 
 Flags and environment variables follow mig-parted where it has them, so scripts and
 units written for ``nvidia-mig-parted`` keep working. Each verb parses its flags,
-calls the library (adapter, selection, planner, reconciler, export, checkpoint) and
+calls the library (adapter, selection, planner, executor, export, checkpoint) and
 turns the result into text and an exit code; no decision is made here.
 """
 
@@ -15,21 +15,18 @@ import sys
 from collections.abc import Callable
 
 from migd.commands.common import add_config_file, add_selected_config, env, reset_command
+from migd.core.checkpoint import capture
+from migd.core.compare import mismatches
 from migd.core.config import Config, select_config
 from migd.core.layout import NodeSnapshot
-from migd.core.planner import format_plan, plan_node, plan_to_dict
+from migd.core.plan import Action, format_plan, plan_to_dict
+from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
 from migd.formats import checkpoint_file
 from migd.formats.config_file import load_config
 from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
-from migd.gpu.executor import (
-    ReconcileOptions,
-    ReconcileResult,
-    differences,
-    format_result,
-    restore,
-)
+from migd.gpu.executor import ReconcileOptions, ReconcileResult, execute, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services
 
@@ -187,19 +184,17 @@ def run_plan(args: argparse.Namespace) -> int:
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     desired = desired_layouts(snapshot, config.entries(name))
-    plans = plan_node(snapshot, desired, force=args.force)
+    plan = plan_node(snapshot, desired, force=args.force)
     if args.json:
-        doc = {
-            "config": name,
-            "gpus": [plan_to_dict(p, snapshot.gpu(p.index)) for p in plans],
-        }
+        covered = [p for p in plan.gpus if p.target is not None]
+        doc = {"config": name, "gpus": [plan_to_dict(p) for p in covered]}
         print(json.dumps(doc, indent=2))
     else:
         print(f"plan for mig-config {name!r} from {config.source}:")
-        print(format_plan(plans, snapshot))
-    if any(not g.readable for g in snapshot.gpus):
+        print(format_plan(plan))
+    if any(p.action is Action.UNREADABLE for p in plan.gpus):
         return EXIT_FAILED  # what apply would answer: that GPU would fail
-    return EXIT_BLOCKED if any(p.blocked for p in plans) else EXIT_OK
+    return EXIT_BLOCKED if any(p.blockers for p in plan.gpus) else EXIT_OK
 
 
 def _whole_node(snapshot: NodeSnapshot, what: str) -> NodeSnapshot:
@@ -276,11 +271,12 @@ def run_assert(args: argparse.Namespace) -> int:
     if args.valid_config:
         print(f"Selected MIG configuration {name!r} is valid for this node")
         return EXIT_OK
-    found = differences(snapshot, desired, mode_only=args.mode_only)
+    found = mismatches(snapshot, desired, mode_only=args.mode_only)
     if found:
         print(f"Selected MIG configuration {name!r} is not applied:")
-        for line in found:
-            print(f"  {line}")
+        for m in found:
+            what = f"holds {m.holds}, wanted {m.wants}" if m.readable else m.unreadable
+            print(f"  GPU {m.index}: {what}")
         return EXIT_FAILED
     print(f"Selected MIG configuration {name!r} currently applied")
     return EXIT_OK
@@ -356,7 +352,7 @@ CHECKPOINT_EXAMPLES = """\
 def run_checkpoint(args: argparse.Namespace) -> int:
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
-    saved = checkpoint_file.capture(_whole_node(snapshot, "checkpoint the node"))
+    saved = capture(_whole_node(snapshot, "checkpoint the node"))
     checkpoint_file.write(args.file, saved)
     if args.file != "-":
         print(f"saved the geometry of {len(saved.gpus)} GPU(s) to {args.file}")
@@ -377,9 +373,11 @@ RESTORE_EXAMPLES = """\
 
 def run_restore(args: argparse.Namespace) -> int:
     saved = checkpoint_file.read(args.file)
+    options = _options(args, None)
     with NvmlAdapter.open() as nvml:
-        snapshot = nvml.snapshot()
-        result = restore(nvml, snapshot, saved, _options(args, None))
+        # Restoring is planning towards the recorded geometry, then carrying it out.
+        plan = plan_node(nvml.snapshot(), saved, force=options.force)
+        result = execute(nvml, plan, options, config_name="checkpoint")
     return _report(result)
 
 

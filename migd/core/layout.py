@@ -1,4 +1,4 @@
-"""Value types shared by the config language, the planner, the adapter and the daemon.
+"""What a GPU offers, holds and should hold: the values every part of migd shares.
 
 Everything here is a frozen dataclass over plain values: no NVML, no I/O.
 
@@ -74,6 +74,10 @@ class GiProfile:
     @property
     def parsed(self) -> ProfileName:
         return ProfileName.parse(self.name)
+
+    def ci_profile(self, ci_id: int) -> CiProfile | None:
+        """The CI profile with id ``ci_id`` this GI profile offers, if any."""
+        return next((ci for ci in self.ci_profiles if ci.id == ci_id), None)
 
     def full_ci(self) -> CiProfile | None:
         """The compute-instance profile that spans this whole GI (the one ``-C`` creates).
@@ -204,3 +208,10 @@ class DesiredGpu:
     mig_enabled: bool
     instances: tuple[GiSpec, ...] = ()
     source: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+
+def gi_spec(instance: GpuInstance) -> GiSpec:
+    """The spec an existing GI satisfies: its profile and the sorted ids of its CI profiles."""
+    return GiSpec(
+        instance.profile_id, tuple(sorted(ci.profile_id for ci in instance.compute_instances))
+    )

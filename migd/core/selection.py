@@ -32,27 +32,10 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from migd.core.layout import CiProfile, DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
-from migd.core.planner import (
-    describe,
-    format_counts,
-    layout_counts,
-    layout_problem,
-    name_order,
-    parsed_name,
-    place_cis,
-)
+from migd.core.names import format_counts, layout_counts, name_order
+from migd.core.placement import layout_problem, parsed_name, place_cis
 from migd.core.profiles import ProfileName, ProfileNameError, standard_ci_index, standard_gi_index
 from migd.errors import InvalidRequest
-
-__all__ = [
-    "ConfigEntryLike",
-    "ResolvedProfile",
-    "SelectionError",
-    "describe",
-    "desired_layouts",
-    "resolve_profile",
-    "valid_profiles",
-]
 
 
 class ConfigEntryLike(Protocol):
@@ -296,8 +279,8 @@ def _chosen_entries(
     for entry in entries:
         for gpu in gpus:
             if not gpu.readable:
-                # Nothing is known to select on or resolve against; the reconciler
-                # reports such a GPU FAILED, and no entry governs it here.
+                # Nothing is known to select on or resolve against; the plan marks
+                # such a GPU UNREADABLE (it is reported FAILED), and no entry governs it.
                 continue
             if not entry.matches(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
                 continue

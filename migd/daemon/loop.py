@@ -12,7 +12,7 @@ NVML work (a reconcile, a drift check) runs in one worker thread, one job at a t
 so the loop stays responsive while a GPU is being changed: it keeps pinging the
 watchdog, and a SIGTERM is answered at once with ``STOPPING=1``. The worker reports
 back with an event; only the loop acts on the outcome. A stop waits for the job in
-progress: the reconciler is bounded and finishes or rolls back each GPU it started,
+progress: the executor is bounded and finishes or rolls back each GPU it started,
 so no GPU is ever left half-built. Nothing new starts after ``STOPPING=1``.
 
 systemd sees (sd_notify):
@@ -45,9 +45,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from migd.core.compare import mismatches
 from migd.core.config import BootPolicy, Config, Settings, select_config
 from migd.core.layout import DesiredGpu, NodeSnapshot
-from migd.core.planner import describe, describe_current, layout_matches
 from migd.core.selection import desired_layouts
 from migd.daemon.notify import Notifier, SystemdStatus
 from migd.daemon.runtime import ReloadAnswer, RuntimeDir, StateFile
@@ -131,17 +131,12 @@ class DriftReport:
 
 def find_drift(snapshot: NodeSnapshot, desired: Sequence[DesiredGpu]) -> tuple[Drift, ...]:
     """The GPUs of ``snapshot`` that differ from their desired layout, or are unreadable."""
-    drifted = [
-        Drift(g.index, g.unreadable_reason, repairable=False)
-        for g in snapshot.gpus
-        if not g.readable
-    ]
-    for want in desired:
-        gpu = snapshot.gpu(want.index)
-        if gpu.readable and not layout_matches(gpu, want):
-            text = f"holds {describe_current(gpu)}, config wants {describe(gpu, want)}"
-            drifted.append(Drift(want.index, text))
-    return tuple(drifted)
+    return tuple(
+        Drift(m.index, f"holds {m.holds}, config wants {m.wants}")
+        if m.readable
+        else Drift(m.index, m.unreadable, repairable=False)
+        for m in mismatches(snapshot, desired)
+    )
 
 
 @dataclass(frozen=True)

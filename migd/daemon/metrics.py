@@ -29,7 +29,8 @@ from prometheus_client.registry import Collector
 from migd import __version__
 from migd.core.config import MetricsSettings
 from migd.core.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, GpuState, NodeSnapshot
-from migd.core.planner import layout_counts, layout_problem, observed_layout, spec_names
+from migd.core.names import layout_counts, observed_layout, spec_names
+from migd.core.placement import layout_problem
 from migd.daemon.httpserver import MetricsServer
 from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.gpu.executor import GpuOutcome, ReconcileResult

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from migd.core.planner import describe, describe_current
+from migd.core.names import describe, describe_current
 from migd.daemon.view import DaemonObserver, DaemonView
 from migd.errors import MigdError
 from migd.formats.files import atomic_write

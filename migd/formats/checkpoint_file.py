@@ -1,12 +1,7 @@
-"""The checkpoint format: the exact MIG geometry of GPUs, saved and read back.
+"""The checkpoint file: the exact MIG geometry of GPUs (``migd.core.checkpoint``), as JSON.
 
-A checkpoint records, per GPU, the MIG mode and every GPU instance with its profile
-id, its placement and its compute instances (profile id and placement), so the
-geometry can be recreated exactly with explicit placements. It is what the
-reconciler keeps in memory before touching a GPU, and what ``migd checkpoint`` /
-``migd restore`` write and read as versioned JSON. This module is the only place the
-format is parsed. Pure: no NVML here; the reconciler acts on the differences
-computed by :func:`restore_diff`.
+``migd checkpoint`` writes it and ``migd restore`` reads it, versioned; this module is
+the only place the format is parsed. Every problem is reported with its key path.
 
 The file (``version`` is required and checked first)::
 
@@ -27,170 +22,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migd.core.layout import GpuInstance, GpuState, NodeSnapshot, Placement
+from migd.core.checkpoint import Checkpoint, CiRecord, GiRecord, GpuRecord
+from migd.core.layout import Placement
 from migd.errors import ConfigError, Problem
 from migd.formats.files import atomic_write
 
 VERSION = "v1"
 KIND = "migd-checkpoint"
-
-
-@dataclass(frozen=True, order=True)
-class CiRecord:
-    profile_id: int
-    placement: Placement
-    profile: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True, order=True)
-class GiRecord:
-    profile_id: int
-    placement: Placement
-    compute_instances: tuple[CiRecord, ...] = ()
-    profile: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class GpuRecord:
-    """One GPU's geometry. ``instances`` is sorted so equal geometries compare equal."""
-
-    index: int
-    uuid: str
-    mig_enabled: bool
-    instances: tuple[GiRecord, ...] = ()
-    bus_id: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    gpus: tuple[GpuRecord, ...]
-    driver_version: str = ""
-
-    def by_uuid(self, uuid: str) -> GpuRecord | None:
-        return next((g for g in self.gpus if g.uuid == uuid), None)
-
-
-# ---------------------------------------------------------------------------
-# Capture and compare
-# ---------------------------------------------------------------------------
-
-
-def _ci_name(gpu: GpuState, gi: GpuInstance, ci_profile_id: int) -> str:
-    profile = gpu.profile_by_id(gi.profile_id)
-    if profile is None:
-        return ""
-    return next((c.name for c in profile.ci_profiles if c.id == ci_profile_id), "")
-
-
-def capture_gpu(gpu: GpuState) -> GpuRecord:
-    """The exact geometry of one GPU as read."""
-    instances = []
-    for gi in gpu.instances:
-        profile = gpu.profile_by_id(gi.profile_id)
-        cis = tuple(
-            sorted(
-                CiRecord(ci.profile_id, ci.placement, _ci_name(gpu, gi, ci.profile_id))
-                for ci in gi.compute_instances
-            )
-        )
-        instances.append(
-            GiRecord(gi.profile_id, gi.placement, cis, profile.name if profile else "")
-        )
-    return GpuRecord(
-        index=gpu.index,
-        uuid=gpu.uuid,
-        mig_enabled=gpu.mig_enabled,
-        instances=tuple(sorted(instances)),
-        bus_id=gpu.bus_id,
-    )
-
-
-def capture(snapshot: NodeSnapshot) -> Checkpoint:
-    """The geometry of every MIG-capable GPU of the node."""
-    return Checkpoint(
-        gpus=tuple(capture_gpu(g) for g in snapshot.gpus if g.mig_capable),
-        driver_version=snapshot.driver_version,
-    )
-
-
-def gpu_matches(gpu: GpuState, record: GpuRecord) -> bool:
-    """Whether a GPU holds exactly the recorded geometry (mode, placements, CIs)."""
-    return capture_gpu(gpu) == record
-
-
-@dataclass(frozen=True)
-class RestoreDiff:
-    """What turns a GPU's current geometry back into a recorded one.
-
-    GIs are matched by profile and placement (placements never overlap, so a
-    placement names one GI); a matched GI is kept and only its CIs are corrected.
-    ``busy`` lists the (GI id, pids) that the destroys would hit.
-    """
-
-    index: int
-    destroy_cis: tuple[tuple[int, int], ...] = ()  # (gi_id, ci_id), before any GI destroy
-    destroy_gis: tuple[int, ...] = ()
-    set_mode: bool | None = None
-    create_cis: tuple[tuple[int, CiRecord], ...] = ()  # (kept gi_id, CI to create in it)
-    create_gis: tuple[GiRecord, ...] = ()
-    busy: tuple[tuple[int, tuple[int, ...]], ...] = ()
-
-    @property
-    def noop(self) -> bool:
-        return not (
-            self.destroy_cis
-            or self.destroy_gis
-            or self.set_mode is not None
-            or self.create_cis
-            or self.create_gis
-        )
-
-
-def restore_diff(gpu: GpuState, record: GpuRecord) -> RestoreDiff:
-    """The steps that bring ``gpu`` back to ``record``, keeping whatever already matches."""
-    wanted = {(gi.profile_id, gi.placement): gi for gi in record.instances}
-    keep_target = wanted if record.mig_enabled else {}
-    destroy_cis: list[tuple[int, int]] = []
-    destroy_gis: list[int] = []
-    create_cis: list[tuple[int, CiRecord]] = []
-    busy: list[tuple[int, tuple[int, ...]]] = []
-    matched: set[tuple[int, Placement]] = set()
-    for gi in gpu.instances:
-        key = (gi.profile_id, gi.placement)
-        target = keep_target.get(key)
-        if target is None:
-            destroy_cis.extend((gi.id, ci.id) for ci in gi.compute_instances)
-            destroy_gis.append(gi.id)
-            if gi.busy:
-                pids = {*gi.pids, *(pid for ci in gi.compute_instances for pid in ci.pids)}
-                busy.append((gi.id, tuple(sorted(pids))))
-            continue
-        matched.add(key)
-        have = {(ci.profile_id, ci.placement): ci for ci in gi.compute_instances}
-        want = {(ci.profile_id, ci.placement): ci for ci in target.compute_instances}
-        for ci_key, ci in have.items():
-            if ci_key not in want:
-                destroy_cis.append((gi.id, ci.id))
-                if ci.pids:
-                    busy.append((gi.id, ci.pids))
-        create_cis.extend((gi.id, ci) for ci_key, ci in sorted(want.items()) if ci_key not in have)
-    create_gis = tuple(gi for key, gi in sorted(keep_target.items()) if key not in matched)
-    return RestoreDiff(
-        index=gpu.index,
-        destroy_cis=tuple(destroy_cis),
-        destroy_gis=tuple(destroy_gis),
-        # A pending change away from the recorded mode is cancelled too.
-        set_mode=(
-            None if gpu.mig_enabled == gpu.mig_pending == record.mig_enabled else record.mig_enabled
-        ),
-        create_cis=tuple(create_cis),
-        create_gis=create_gis,
-        busy=tuple(busy),
-    )
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from migd.core.layout import GiProfile, GpuState, NodeSnapshot
-from migd.core.planner import observed_layout
+from migd.core.names import observed_layout
 from migd.core.profiles import ProfileName, ProfileNameError
 
 CONFIG_VERSION = "v1"

@@ -1,21 +1,22 @@
-"""Executes plans through the NVML adapter: checkpoint, act, verify, roll back.
+"""Carries out a Plan through the NVML adapter: checkpoint, act, verify, roll back.
 
-The imperative shell around the planner. Per GPU, in this order: destroy what the
-plan drops (compute instances, then their GPU instance), change the MIG mode when it
-differs, create the new GPU instances at their explicit placements and their compute
-instances at theirs, then re-read the GPU and verify it against the desired layout.
+The imperative shell around the planner (``migd.core.planner``): it decides nothing
+the plan has not. Per GPU the plan changes, in this order: destroy what the plan drops
+(compute instances, then their GPU instance), change the MIG mode when it differs,
+create the new GPU instances at their explicit placements and their compute instances
+at theirs, then re-read the GPU and verify it against the plan's target.
 
 GPUs run in parallel, one thread each (NVML is thread-safe), in three phases so that
 mode changes that stay pending are activated by one reset of exactly those GPUs:
 destroys and mode changes on every GPU; the reset; creates and verification.
 
-Before a GPU is touched its geometry is checkpointed (``migd.formats.checkpoint_file``). When a
-step fails, that GPU alone is put back to its checkpoint with explicit placements and
-reported FAILED with the NVML error name; other GPUs keep their result. A plan that
-would destroy an instance running a process is reported BLOCKED and the GPU is not
-touched. A mode change that cannot be activated (the reset command fails, or the
-driver answers RESET_REQUIRED as under VM passthrough) is reported REBOOT_REQUIRED,
-once: nothing loops.
+Before a GPU is touched its geometry is captured (``migd.core.checkpoint``). When a
+step fails, that GPU alone is put back, by a plan towards that capture, with explicit
+placements, and reported FAILED with the NVML error name; other GPUs keep their
+result. A GPU the plan found blocked (an instance to destroy runs a process) is
+reported BLOCKED and not touched. A mode change that cannot be activated (the reset
+command fails, or the driver answers RESET_REQUIRED as under VM passthrough) is
+reported REBOOT_REQUIRED, once: nothing loops.
 """
 
 from __future__ import annotations
@@ -30,37 +31,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migd.command import run_command
+from migd.core.checkpoint import Checkpoint, capture_gpu, gpu_matches
+from migd.core.compare import layout_matches, mode_matches
 from migd.core.config import DEFAULT_RESET_COMMAND, DEFAULT_RESET_TIMEOUT
 from migd.core.layout import DesiredGpu, GiProfile, GiSpec, GpuState, NodeSnapshot
-from migd.core.planner import (
-    CiCreate,
-    GiCreate,
-    GpuPlan,
-    ci_profile,
-    describe,
-    describe_current,
-    format_counts,
-    layout_counts,
-    layout_matches,
-    place_cis,
-    plan_node,
-    profile_label,
-)
-from migd.errors import (
-    EXIT_BLOCKED,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REBOOT_REQUIRED,
-    InvalidRequest,
-    NvmlError,
-)
-from migd.formats.checkpoint_file import (
-    Checkpoint,
-    GpuRecord,
-    capture_gpu,
-    gpu_matches,
-    restore_diff,
-)
+from migd.core.names import describe, describe_current, format_counts, layout_counts, profile_label
+from migd.core.placement import place_cis
+from migd.core.plan import Action, CiCreate, GiCreate, GpuPlan, NodePlan
+from migd.core.planner import plan_node
+from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, EXIT_REBOOT_REQUIRED, NvmlError
 
 if TYPE_CHECKING:
     from migd.gpu.nvml import NvmlAdapter
@@ -130,6 +109,9 @@ class ReconcileResult:
 
 @dataclass(frozen=True)
 class ReconcileOptions:
+    """How to reconcile: ``force`` and ``mode_only`` shape the plan (``plan_node``), the
+    rest how the executor carries it out."""
+
     force: bool = False  # destroy busy instances (the only way to)
     mode_only: bool = False  # -m: set MIG mode, leave instances alone
     skip_reset: bool = False  # -s: never reset a GPU to activate a pending mode change
@@ -137,94 +119,6 @@ class ReconcileOptions:
     # argv of the reset command; "{bus_ids}" expands to the bus ids of the GPUs to reset
     reset_command: tuple[str, ...] = DEFAULT_RESET_COMMAND
     progress: Callable[[str], None] | None = field(default=None, compare=False)
-
-
-# ---------------------------------------------------------------------------
-# The work on one GPU
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuWork:
-    """The mutations for one GPU, in execution order: destroys, mode, creates.
-
-    Built from a planner's :class:`GpuPlan` or from a checkpoint's restore diff.
-    ``translate_cis`` is True for plans, whose CI profile ids come from the table
-    read before acting (for a GI profile no GI of which existed yet, a rule-based
-    table): once the GI exists its real CI table decides ids and placements.
-    Checkpoints hold real ids and placements and are created as recorded.
-    """
-
-    index: int
-    target_mode: bool  # the MIG mode the GPU must end in
-    destroy_cis: tuple[tuple[int, int], ...] = ()  # (gi_id, ci_id)
-    destroy_gis: tuple[int, ...] = ()
-    set_mode: bool | None = None
-    activate_mode: bool = False  # current mode differs from target: a reset may follow
-    create_cis: tuple[tuple[int, CiCreate], ...] = ()  # into GIs that stay
-    create_gis: tuple[GiCreate, ...] = ()
-    translate_cis: bool = True
-
-    @property
-    def noop(self) -> bool:
-        return not (
-            self.destroy_cis
-            or self.destroy_gis
-            or self.set_mode is not None
-            or self.activate_mode
-            or self.create_cis
-            or self.create_gis
-        )
-
-
-def work_from_plan(plan: GpuPlan, gpu: GpuState, *, mode_only: bool = False) -> GpuWork:
-    """The work of a plan; with ``mode_only`` only the mode change and what it needs."""
-    mode_change = plan.set_mode is not None or plan.activate_mode
-    if mode_only and not mode_change:
-        return GpuWork(plan.index, plan.desired.mig_enabled)
-    instances = {gi.id: gi for gi in gpu.instances}
-    set_mode = plan.set_mode
-    if set_mode is None and plan.activate_mode:
-        # Already pending from an earlier run: asking again costs nothing and returns
-        # the activation status, so a GPU that only a reboot can switch (passthrough)
-        # is recognised without trying a reset that cannot work.
-        set_mode = plan.desired.mig_enabled
-    return GpuWork(
-        index=plan.index,
-        target_mode=plan.desired.mig_enabled,
-        destroy_cis=tuple(
-            (d.gi_id, ci.id) for d in plan.destroy for ci in instances[d.gi_id].compute_instances
-        ),
-        destroy_gis=tuple(d.gi_id for d in plan.destroy),
-        set_mode=set_mode,
-        activate_mode=plan.activate_mode,
-        create_gis=() if mode_only else plan.create,
-    )
-
-
-def work_from_record(gpu: GpuState, record: GpuRecord) -> GpuWork:
-    """The work that puts ``gpu`` back to the geometry in ``record``."""
-    diff = restore_diff(gpu, record)
-    return GpuWork(
-        index=gpu.index,
-        target_mode=record.mig_enabled,
-        destroy_cis=diff.destroy_cis,
-        destroy_gis=diff.destroy_gis,
-        set_mode=diff.set_mode,
-        activate_mode=gpu.mig_enabled != record.mig_enabled,
-        create_cis=tuple(
-            (gi_id, CiCreate(ci.profile_id, ci.placement)) for gi_id, ci in diff.create_cis
-        ),
-        create_gis=tuple(
-            GiCreate(
-                gi.profile_id,
-                gi.placement,
-                tuple(CiCreate(ci.profile_id, ci.placement) for ci in gi.compute_instances),
-            )
-            for gi in diff.create_gis
-        ),
-        translate_cis=False,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +141,7 @@ def _real_ci_id(planned: GiProfile, real: GiProfile, ci_id: int) -> int:
     Matched by name; the CI spanning the whole GI maps to the real full CI (on
     Hopper's double-memory 1g GI a plain 1c carries the same name).
     """
-    ci = ci_profile(planned, ci_id)
+    ci = planned.ci_profile(ci_id)
     if ci is None:
         raise _StepFailed("NO_CI_PROFILE", f"{planned.name} offers no CI profile id {ci_id}")
     if ci.name == planned.name:
@@ -282,7 +176,7 @@ def _translate_desired(desired: DesiredGpu, before: GpuState, after: GpuState) -
 # ---------------------------------------------------------------------------
 
 
-def reset_gpus(command: Sequence[str], bus_ids: Sequence[str], timeout: float) -> str | None:
+def run_reset_command(command: Sequence[str], bus_ids: Sequence[str], timeout: float) -> str | None:
     """Run the reset command for ``bus_ids``; None on success, else why not.
 
     It runs as every external program does (``migd.command``): no shell, its own
@@ -304,11 +198,9 @@ def reset_gpus(command: Sequence[str], bus_ids: Sequence[str], timeout: float) -
 # One GPU's run
 # ---------------------------------------------------------------------------
 
-Verify = Callable[[GpuState, GpuState], "str | None"]
-
 
 class _GpuRun:
-    """Executes one GPU's work in phases; ``result`` is set once the GPU is decided.
+    """Carries out one GPU's plan in phases; ``result`` is set once the GPU is decided.
 
     Each phase runs in one thread at a time, so the counters need no lock.
     """
@@ -316,25 +208,26 @@ class _GpuRun:
     def __init__(
         self,
         adapter: NvmlAdapter,
-        gpu: GpuState,
-        work: GpuWork,
+        plan: GpuPlan,
         *,
-        verify: Verify,
+        force: bool,
         options: ReconcileOptions,
         reset_timeout: float,
         say: Callable[[str], None],
         headline: str,
     ) -> None:
+        assert plan.target is not None, "only a GPU with a target is changed"
         self.adapter = adapter
-        self.gpu = gpu
-        self.index = gpu.index
-        self.work = work
-        self.verify = verify
+        self.plan = plan
+        self.gpu = plan.gpu
+        self.index = plan.index
+        self.target = plan.target
+        self.force = force
         self.options = options
         self.reset_timeout = reset_timeout
         self.say = say
         self.headline = headline
-        self.checkpoint = capture_gpu(gpu)  # taken before anything is touched
+        self.checkpoint = capture_gpu(plan.gpu)  # taken before anything is touched
         self.mutations = 0
         self.reset = False
         self.needs_reset = False
@@ -345,8 +238,8 @@ class _GpuRun:
     def destroy_and_set_mode(self) -> None:
         self.say(self.headline)
         try:
-            self._destroy(self.work, self.gpu)
-            self._set_mode(self.work)
+            self._destroy(self.plan)
+            self._set_mode(self.plan)
         except (NvmlError, _StepFailed) as exc:
             self._fail(exc)
 
@@ -367,7 +260,7 @@ class _GpuRun:
         except NvmlError as exc:
             self._fail(exc)
             return
-        if current != self.work.target_mode:
+        if current != self.target.mig_enabled:
             self._decide(
                 GpuOutcome.REBOOT_REQUIRED,
                 "PENDING_AFTER_RESET",
@@ -378,8 +271,8 @@ class _GpuRun:
         if self.result is not None:
             return
         try:
-            self._create(self.work)
-            problem = self.verify(self.gpu, self.adapter.gpu(self.index))
+            self._create(self.plan)
+            problem = self._verify(self.adapter.gpu(self.index))
             if problem is not None:
                 raise _StepFailed("VERIFY", problem)
         except (NvmlError, _StepFailed) as exc:
@@ -393,21 +286,22 @@ class _GpuRun:
         self.mutations += 1
         return fn(*args)
 
-    def _destroy(self, work: GpuWork, state: GpuState) -> None:
-        instances = {gi.id: gi for gi in state.instances}
-        for gi_id, ci_id in work.destroy_cis:
+    def _destroy(self, plan: GpuPlan) -> None:
+        instances = {gi.id: gi for gi in plan.gpu.instances}
+        for gi_id, ci_id in plan.destroy_cis:
             self._mutate(self.adapter.destroy_compute_instance, self.index, gi_id, ci_id)
-        for gi_id in work.destroy_gis:
+        for gi_id in plan.destroy_gis:
             self._mutate(self.adapter.destroy_gpu_instance, self.index, gi_id)
             gi = instances.get(gi_id)
-            what = f" ({profile_label(state, gi.profile_id)} at {gi.placement})" if gi else ""
-            self.say(f"GPU {self.index}: destroyed GI {gi_id}{what}")
+            where = f" ({profile_label(plan.gpu, gi.profile_id)} at {gi.placement})" if gi else ""
+            self.say(f"GPU {self.index}: destroyed GI {gi_id}{where}")
 
-    def _set_mode(self, work: GpuWork) -> None:
+    def _set_mode(self, plan: GpuPlan) -> None:
         status = ""
-        if work.set_mode is not None:
-            status = str(self._mutate(self.adapter.set_mig_mode, self.index, work.set_mode))
-            word = "on" if work.set_mode else "off"
+        request = plan.mode_request
+        if request is not None:
+            status = str(self._mutate(self.adapter.set_mig_mode, self.index, request))
+            word = "on" if request else "off"
             self.say(f"GPU {self.index}: MIG mode {word} requested ({status})")
             if status == "RESET_REQUIRED":
                 self._decide(
@@ -417,12 +311,12 @@ class _GpuRun:
                     "(the GPU cannot be reset here, as under VM passthrough)",
                 )
                 return
-        elif not work.activate_mode:
+        elif not plan.activate_mode:
             return
         current, pending = self.adapter.mig_mode(self.index)
-        if current == work.target_mode:
+        if current == self.target.mig_enabled:
             return
-        if pending != work.target_mode:
+        if pending != self.target.mig_enabled:
             raise _StepFailed(status or "MODE_NOT_SET", "the MIG mode change did not take")
         if self.options.skip_reset:
             self._decide(
@@ -434,12 +328,12 @@ class _GpuRun:
             return
         self.needs_reset = True
 
-    def _create(self, work: GpuWork) -> None:
-        for gi_id, ci in work.create_cis:
+    def _create(self, plan: GpuPlan) -> None:
+        for gi_id, ci in plan.create_cis:
             self._mutate(
                 self.adapter.create_compute_instance, self.index, gi_id, ci.profile_id, ci.placement
             )
-        for create in work.create_gis:
+        for create in plan.create_gis:
             gi_id = int(
                 self._mutate(
                     self.adapter.create_gpu_instance,
@@ -448,7 +342,9 @@ class _GpuRun:
                     create.placement,
                 )
             )
-            cis = self._real_cis(create, gi_id) if work.translate_cis else create.cis
+            # Recorded geometry is created as recorded; a layout's CI ids come from the
+            # table read before acting and are mapped onto the GI's real one.
+            cis = create.cis if plan.exact is not None else self._real_cis(create, gi_id)
             for ci in cis:
                 self._mutate(
                     self.adapter.create_compute_instance,
@@ -480,6 +376,25 @@ class _GpuRun:
             )
         return placed
 
+    def _verify(self, after: GpuState) -> str | None:
+        """Why the GPU does not hold what the plan promised, or None."""
+        if self.plan.exact is not None:
+            if gpu_matches(after, self.plan.exact):
+                return None
+            return "the GPU differs from the checkpoint"
+        if self.plan.mode_only:
+            if mode_matches(after, self.target.mig_enabled):
+                return None
+            return (
+                f"MIG mode reads {after.mig_enabled} (pending {after.mig_pending}) after the change"
+            )
+        if layout_matches(after, _translate_desired(self.target, self.gpu, after)):
+            return None
+        return (
+            f"the GPU holds {describe_current(after)} after the change, "
+            f"not {describe(self.gpu, self.target)}"
+        )
+
     # -- outcomes ----------------------------------------------------------------
 
     def _decide(self, outcome: GpuOutcome, error: str | None, reason: str) -> None:
@@ -502,34 +417,39 @@ class _GpuRun:
         self.say(f"GPU {self.index}: failed ({error}); {note}")
 
     def _roll_back(self) -> str:
-        """Put the GPU back to its checkpoint; returns how that went, for the reason."""
+        """Put the GPU back to its checkpoint; returns how that went, for the reason.
+
+        Restoring is planning towards the checkpoint, from the GPU as it is now.
+        """
         try:
             now = self.adapter.gpu(self.index)
             if gpu_matches(now, self.checkpoint):
                 return "the GPU was left as it was"
-            diff = restore_diff(now, self.checkpoint)
-            if diff.busy and not self.options.force:
-                pids = ", ".join(str(p) for _, group in diff.busy for p in group)
+            back = plan_node(
+                NodeSnapshot((now,)), Checkpoint((self.checkpoint,)), force=self.force
+            ).gpu(self.index)
+            if back.action is Action.BLOCKED:
+                pids = ", ".join(str(p) for b in back.blockers for p in b.pids)
                 return f"not restored: instances to remove now run pid(s) {pids}"
-            work = work_from_record(now, self.checkpoint)
-            self._destroy(work, now)
-            if work.set_mode is not None:
-                status = self._mutate(self.adapter.set_mig_mode, self.index, work.set_mode)
+            self._destroy(back)
+            request = back.mode_request
+            if request is not None:
+                status = self._mutate(self.adapter.set_mig_mode, self.index, request)
                 current, _ = self.adapter.mig_mode(self.index)
-                if current != work.target_mode:
+                if current != self.checkpoint.mig_enabled:
                     problem = (
                         "the driver needs a reboot"
                         if status == "RESET_REQUIRED"
                         else "resets are disabled (--skip-reset)"
                         if self.options.skip_reset
-                        else reset_gpus(
+                        else run_reset_command(
                             self.options.reset_command, [self.gpu.bus_id], self.reset_timeout
                         )
                     )
                     if problem is not None:
                         return f"restored except the MIG mode, pending its change back ({problem})"
                     self.reset = True
-            self._create(work)
+            self._create(back)
             if gpu_matches(self.adapter.gpu(self.index), self.checkpoint):
                 return "restored to its previous layout"
             return "restoring left it different from its previous layout"
@@ -566,7 +486,8 @@ def _execute(
         # Only the GPUs whose change is pending are reset, all with one command.
         names = ", ".join(str(r.index) for r in pending)
         say(f"resetting GPU {names} to activate the MIG mode change")
-        problem = reset_gpus(options.reset_command, [r.gpu.bus_id for r in pending], reset_timeout)
+        bus_ids = [r.gpu.bus_id for r in pending]
+        problem = run_reset_command(options.reset_command, bus_ids, reset_timeout)
         _each(pending, lambda r: r.after_reset(problem), options.parallel)
     _each(runs, _GpuRun.create_and_verify, options.parallel)
     results = {}
@@ -589,224 +510,73 @@ def _serialized(progress: Callable[[str], None] | None) -> Callable[[str], None]
     return say
 
 
-def _verify_layout(desired: DesiredGpu, mode_only: bool) -> Verify:
-    def verify(before: GpuState, after: GpuState) -> str | None:
-        if mode_only:
-            if mode_matches(after, desired.mig_enabled):
-                return None
-            return (
-                f"MIG mode reads {after.mig_enabled} (pending {after.mig_pending}) after the change"
-            )
-        if layout_matches(after, _translate_desired(desired, before, after)):
-            return None
-        return (
-            f"the GPU holds {describe_current(after)} after the change, "
-            f"not {describe(before, desired)}"
-        )
-
-    return verify
+def _headline(plan: GpuPlan, position: int, count: int) -> str:
+    """The progress line that starts one GPU's change."""
+    assert plan.target is not None
+    if plan.exact is not None:
+        return f"restoring GPU {plan.index} from the checkpoint ({position}/{count})"
+    if plan.mode_only or not plan.target.mig_enabled:
+        what = f"turning MIG {'on' if plan.target.mig_enabled else 'off'} on"
+    else:
+        what = f"applying {describe(plan.gpu, plan.target)} to"
+    return f"{what} GPU {plan.index} ({position}/{count})"
 
 
-def mode_matches(gpu: GpuState, enabled: bool) -> bool:
-    """Whether the GPU's MIG mode is ``enabled``, with no change pending."""
-    return gpu.mig_enabled == gpu.mig_pending == enabled
-
-
-def differences(
-    snapshot: NodeSnapshot, desired: Sequence[DesiredGpu], *, mode_only: bool = False
-) -> list[str]:
-    """One line per GPU that does not hold its desired layout (``migd assert``).
-
-    Only GPUs with a desired layout are judged, and every GPU that could not be read
-    (its layout cannot be known to be right); ``mode_only`` compares the MIG mode.
-    """
-    lines = [f"GPU {g.index}: {g.unreadable_reason}" for g in snapshot.gpus if not g.readable]
-    for want in desired:
-        gpu = snapshot.gpu(want.index)
-        if not gpu.readable:
-            continue
-        same = mode_matches(gpu, want.mig_enabled) if mode_only else layout_matches(gpu, want)
-        if not same:
-            lines.append(
-                f"GPU {gpu.index}: holds {describe_current(gpu)}, wanted {describe(gpu, want)}"
-            )
-    return lines
-
-
-def _result(
-    gpu: GpuState, outcome: GpuOutcome, reason: str = "", error: str | None = None
-) -> GpuResult:
-    return GpuResult(index=gpu.index, outcome=outcome, reason=reason, error=error)
-
-
-def unreadable_results(
-    snapshot: NodeSnapshot, say: Callable[[str], None] = lambda line: None
-) -> dict[int, GpuResult]:
-    """A FAILED result for every GPU the snapshot could not read, by index.
-
-    Such a GPU is never planned on or touched: its layout, even whether it is there,
-    is unknown. Its failure is retried like any other, and the next read decides.
-    """
-    results = {}
-    for gpu in snapshot.gpus:
-        if gpu.readable:
-            continue
-        reason = f"{gpu.unreadable_reason}; nothing was done on it"
-        results[gpu.index] = _result(gpu, GpuOutcome.FAILED, reason, gpu.error)
-        say(f"GPU {gpu.index}: failed ({gpu.error}): {reason}")
-    return results
-
-
-def reconcile(
+def execute(
     adapter: NvmlAdapter,
-    snapshot: NodeSnapshot,
-    desired: Sequence[DesiredGpu],
+    plan: NodePlan,
     options: ReconcileOptions,
     *,
     config_name: str = "",
     reset_timeout: float = DEFAULT_RESET_TIMEOUT,
 ) -> ReconcileResult:
-    """Bring every GPU with a desired layout to it; report each GPU's outcome.
+    """Carry out ``plan`` on the node; report each GPU's outcome.
 
-    ``snapshot`` is the node as read just before (the plan and the checkpoints come
-    from it). Raises InvalidRequest, before anything is touched, when a desired layout
-    cannot be planned; NVML failures on a GPU become that GPU's FAILED result.
+    ``plan`` was made from the node as read just before (the checkpoints come from
+    it too). NVML failures on a GPU become that GPU's FAILED result.
     """
     started = time.monotonic()
     say = _serialized(options.progress)
-    # The one place an unreadable GPU is decided: FAILED and untouched, whatever the
-    # config (with nothing read, not even whether the config covers it is known).
-    results = unreadable_results(snapshot, say)
-    desired = [d for d in desired if d.index not in results]
-    plans = plan_node(snapshot, desired, force=options.force)
-    todo: list[tuple[GpuState, GpuWork, DesiredGpu]] = []
-    for plan in plans:
-        gpu = snapshot.gpu(plan.index)
-        if not gpu.mig_capable:
-            results[gpu.index] = _result(gpu, GpuOutcome.SKIPPED, "not MIG-capable")
-            continue
-        work = work_from_plan(plan, gpu, mode_only=options.mode_only)
-        if work.noop:
-            results[gpu.index] = _result(gpu, GpuOutcome.NOOP)
-        elif plan.blocked:
-            reason = "; ".join(b.reason for b in plan.blocked)
-            results[gpu.index] = _result(gpu, GpuOutcome.BLOCKED, reason, "BLOCKED")
-            say(f"GPU {gpu.index}: blocked: {reason}")
-        else:
-            todo.append((gpu, work, plan.desired))
-    runs = []
-    for position, (gpu, work, want) in enumerate(todo, start=1):
-        if options.mode_only or not want.mig_enabled:
-            what = f"turning MIG {'on' if want.mig_enabled else 'off'} on"
-        else:
-            what = f"applying {describe(gpu, want)} to"
-        runs.append(
-            _GpuRun(
-                adapter,
-                gpu,
-                work,
-                verify=_verify_layout(want, options.mode_only),
-                options=options,
-                reset_timeout=reset_timeout,
-                say=say,
-                headline=f"{what} GPU {gpu.index} ({position}/{len(todo)})",
-            )
-        )
-    results.update(_execute(runs, options, reset_timeout, say))
-    for gpu in snapshot.gpus:
-        if gpu.index not in results:
-            why = "not covered by the selected config" if gpu.mig_capable else "not MIG-capable"
-            results[gpu.index] = _result(gpu, GpuOutcome.SKIPPED, why)
-    return ReconcileResult(
-        config_name=config_name,
-        gpus=tuple(results[i] for i in sorted(results)),
-        desired=tuple(desired),
-        snapshot=adapter.snapshot() if runs else snapshot,
-        duration_seconds=time.monotonic() - started,
-    )
-
-
-def restore(
-    adapter: NvmlAdapter,
-    snapshot: NodeSnapshot,
-    checkpoint: Checkpoint,
-    options: ReconcileOptions,
-    *,
-    reset_timeout: float = DEFAULT_RESET_TIMEOUT,
-) -> ReconcileResult:
-    """Put every GPU recorded in ``checkpoint`` back to its exact geometry.
-
-    GPUs are found by UUID; a recorded GPU missing from the node raises
-    InvalidRequest before anything is touched. Busy instances block unless forced.
-    """
-    started = time.monotonic()
-    by_uuid = {g.uuid: g for g in snapshot.gpus}
-    missing = [r.uuid for r in checkpoint.gpus if r.uuid not in by_uuid]
-    if missing:
-        raise InvalidRequest(
-            f"the checkpoint names GPUs this node does not have: {', '.join(missing)}"
-        )
-    say = _serialized(options.progress)
-    results = unreadable_results(snapshot, say)
-    desired: list[DesiredGpu] = []
-    todo: list[tuple[GpuState, GpuRecord]] = []
-    for record in checkpoint.gpus:
-        gpu = by_uuid[record.uuid]
-        if gpu.index in results:
-            continue  # unreadable: its diff against an unknown state means nothing
-        desired.append(
-            DesiredGpu(
-                gpu.index,
-                record.mig_enabled,
-                tuple(
-                    sorted(
-                        GiSpec(
-                            gi.profile_id, tuple(sorted(c.profile_id for c in gi.compute_instances))
-                        )
-                        for gi in record.instances
-                    )
-                ),
-            )
-        )
-        diff = restore_diff(gpu, record)
-        if diff.noop:
-            results[gpu.index] = _result(gpu, GpuOutcome.NOOP)
-        elif diff.busy and not options.force:
-            gis = ", ".join(f"GI {gi} (pid {', '.join(map(str, pids))})" for gi, pids in diff.busy)
-            reason = f"restoring would destroy busy instances: {gis} (force overrides)"
-            results[gpu.index] = _result(gpu, GpuOutcome.BLOCKED, reason, "BLOCKED")
-            say(f"GPU {gpu.index}: blocked: {reason}")
-        else:
-            todo.append((gpu, record))
-
-    def verify_record(record: GpuRecord) -> Verify:
-        def verify(before: GpuState, after: GpuState) -> str | None:
-            return None if gpu_matches(after, record) else "the GPU differs from the checkpoint"
-
-        return verify
-
+    results: dict[int, GpuResult] = {}
+    # A GPU that could not be read is FAILED and untouched, whatever the goal (with
+    # nothing read, not even whether the goal covers it is known); its failure is
+    # retried like any other, and the next read decides.
+    for gpu_plan in plan.gpus:
+        if gpu_plan.action is Action.UNREADABLE:
+            gpu = gpu_plan.gpu
+            reason = f"{gpu_plan.reason}; nothing was done on it"
+            results[gpu.index] = GpuResult(gpu.index, GpuOutcome.FAILED, reason, gpu.error)
+            say(f"GPU {gpu.index}: failed ({gpu.error}): {reason}")
+    todo = []
+    for gpu_plan in plan.gpus:
+        index = gpu_plan.index
+        if gpu_plan.action is Action.NOOP:
+            results[index] = GpuResult(index, GpuOutcome.NOOP)
+        elif gpu_plan.action is Action.SKIPPED:
+            results[index] = GpuResult(index, GpuOutcome.SKIPPED, gpu_plan.reason)
+        elif gpu_plan.action is Action.BLOCKED:
+            results[index] = GpuResult(index, GpuOutcome.BLOCKED, gpu_plan.reason, "BLOCKED")
+            say(f"GPU {index}: blocked: {gpu_plan.reason}")
+        elif gpu_plan.action is Action.CHANGE:
+            todo.append(gpu_plan)
     runs = [
         _GpuRun(
             adapter,
-            gpu,
-            work_from_record(gpu, record),
-            verify=verify_record(record),
+            gpu_plan,
+            force=plan.force,
             options=options,
             reset_timeout=reset_timeout,
             say=say,
-            headline=f"restoring GPU {gpu.index} from the checkpoint ({n}/{len(todo)})",
+            headline=_headline(gpu_plan, position, len(todo)),
         )
-        for n, (gpu, record) in enumerate(todo, start=1)
+        for position, gpu_plan in enumerate(todo, start=1)
     ]
     results.update(_execute(runs, options, reset_timeout, say))
-    for gpu in snapshot.gpus:
-        if gpu.index not in results:
-            results[gpu.index] = _result(gpu, GpuOutcome.SKIPPED, "not in the checkpoint")
     return ReconcileResult(
-        config_name="checkpoint",
+        config_name=config_name,
         gpus=tuple(results[i] for i in sorted(results)),
-        desired=tuple(sorted(desired, key=lambda d: d.index)),
-        snapshot=adapter.snapshot() if runs else snapshot,
+        desired=plan.desired,
+        snapshot=adapter.snapshot() if runs else plan.snapshot,
         duration_seconds=time.monotonic() - started,
     )
 

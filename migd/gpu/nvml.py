@@ -7,7 +7,7 @@ offers the handful of mutations migd needs, each with an explicit placement. Eve
 its name (``IN_USE``); nothing above this module sees pynvml, ctypes or return codes.
 
 The adapter is safe to use from several threads at once (NVML is thread-safe, and
-the reconciler runs one thread per GPU). It records when each outstanding NVML call
+the executor runs one thread per GPU). It records when each outstanding NVML call
 started, so the daemon can withhold watchdog pings while a call hangs in the driver.
 """
 
@@ -611,7 +611,7 @@ class NvmlAdapter:
     def compute_instance_profiles(self, index: int, gi_id: int) -> tuple[CiProfile, ...]:
         """The real CI profile table of an existing GI (learned once per GPU model).
 
-        The reconciler asks this right after creating a GI, to place its CIs with the
+        The executor asks this right after creating a GI, to place its CIs with the
         ids and placements the driver really offers.
         """
         dev = self._device(index)

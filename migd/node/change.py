@@ -11,7 +11,7 @@ change, in this order:
    reverse order, when the change needs it: a mode change, or instances destroyed
    (creating instances next to running ones disturbs nobody);
 4. the change itself, planned again from a fresh read of the node (hooks and stops
-   may have ended processes);
+   may have ended processes), and carried out (``migd.gpu.executor``);
 5. whatever happened: the units migd stopped are started again, in order;
 6. after a post-boot change (the daemon is past its first READY, or ``migd apply``)
    that changed a GPU: the MIG capability device nodes (``mig-caps-command``), the
@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migd.command import CommandResult, run_command
-from migd.core.layout import DesiredGpu, NodeSnapshot
+from migd.core.layout import NodeSnapshot
+from migd.core.plan import NodePlan
 from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.errors import EXIT_FAILED, MigdError
@@ -53,7 +54,7 @@ from migd.formats.hooks_file import (
     HooksFile,
     load_hooks,
 )
-from migd.gpu.executor import ReconcileOptions, ReconcileResult, reconcile, work_from_plan
+from migd.gpu.executor import ReconcileOptions, ReconcileResult, execute
 from migd.node.hooks import HookContext, HookRun, run_stage
 from migd.node.nfd import NodeLabels, State, state_of, write_labels
 from migd.node.strategy import Strategy, StrategyCheck, check_strategy
@@ -131,7 +132,7 @@ class Systemctl:
 
 @dataclass(frozen=True)
 class Change:
-    """What a reconcile is about to do, summarised from its plans.
+    """What a reconcile is about to do, read from its plan.
 
     ``gpus`` are the GPUs it will touch: MIG-capable, not blocked, not already right.
     """
@@ -151,30 +152,18 @@ class Change:
         """A mode change or a destroy disturbs the GPU's users; creates alone do not."""
         return self.mode or self.destroys
 
-
-def planned_change(
-    snapshot: NodeSnapshot, desired: Sequence[DesiredGpu], options: ReconcileOptions
-) -> Change:
-    """What ``reconcile`` would do with these inputs, from the same plans and work.
-
-    Raises InvalidRequest, as ``reconcile`` would, when a layout cannot be planned:
-    before any hook runs.
-    """
-    gpus: list[int] = []
-    mode = instances = destroys = False
-    for plan in plan_node(snapshot, desired, force=options.force):
-        gpu = snapshot.gpu(plan.index)
-        if not gpu.mig_capable or plan.blocked:
-            continue
-        work = work_from_plan(plan, gpu, mode_only=options.mode_only)
-        if work.noop:
-            continue
-        gpus.append(plan.index)
-        mode = mode or work.set_mode is not None or work.activate_mode
-        gone = bool(work.destroy_gis or work.destroy_cis)
-        destroys = destroys or gone
-        instances = instances or gone or bool(work.create_gis or work.create_cis)
-    return Change(snapshot, tuple(gpus), mode, instances, destroys)
+    @classmethod
+    def of(cls, plan: NodePlan) -> Change:
+        """The change ``plan`` makes: the GPUs it changes, and how."""
+        changes = plan.changes
+        destroys = any(p.destroy_gis or p.destroy_cis for p in changes)
+        return cls(
+            before=plan.snapshot,
+            gpus=tuple(p.index for p in changes),
+            mode=any(p.set_mode is not None or p.activate_mode for p in changes),
+            instances=destroys or any(p.create_gis or p.create_cis for p in changes),
+            destroys=destroys,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -401,7 +390,7 @@ def around_change(
 
     ``post_boot``: the daemon has sent its first READY (or this is ``migd apply``), so
     consumers already run and must be refreshed after a change. ``say`` hears progress
-    lines (the reconciler's progress callback). Raises ChangeAborted when a hook or a
+    lines (the executor's progress callback). Raises ChangeAborted when a hook or a
     unit stopped the change before any GPU was touched; whatever ``act`` raises is
     raised again after the units were started and ``apply-exit`` ran.
     """
@@ -486,24 +475,27 @@ def apply_with_services(
     post_boot: bool,
     reset_timeout: float | None = None,
 ) -> ChangeReport:
-    """Read the node, resolve config ``name`` against it, and reconcile inside the services.
+    """Read the node, plan config ``name`` on it, and carry the plan out inside the services.
 
-    The entry point of ``migd apply`` and of the daemon. InvalidRequest (a layout that
-    cannot be planned) is raised before any hook runs; ChangeAborted as in
-    :func:`around_change`.
+    The entry point of ``migd apply`` and of the daemon. The plan says which hooks run
+    and which units stop. InvalidRequest (a layout that cannot be planned) is raised
+    before any hook runs; ChangeAborted as in :func:`around_change`.
     """
     entries = config.entries(name)
-    snapshot = adapter.snapshot()
-    desired = desired_layouts(snapshot, entries)
-    change = planned_change(snapshot, desired, options)
+
+    def plan_now() -> NodePlan:
+        snapshot = adapter.snapshot()
+        desired = desired_layouts(snapshot, entries)
+        return plan_node(snapshot, desired, force=options.force, mode_only=options.mode_only)
+
+    plan = plan_now()
+    change = Change.of(plan)
 
     def act() -> ReconcileResult:
-        # Hooks and stopped units may have ended processes: plan from a fresh read.
-        now = adapter.snapshot() if change.any else snapshot
-        return reconcile(
+        # Hooks and stopped units may have ended processes: plan again from a fresh read.
+        return execute(
             adapter,
-            now,
-            desired_layouts(now, entries) if change.any else desired,
+            plan_now() if change.any else plan,
             options,
             config_name=name,
             reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,

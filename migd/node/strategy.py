@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from migd.core.layout import GpuState, NodeSnapshot
-from migd.core.planner import gi_spec, name_order, spec_names
+from migd.core.layout import GpuState, NodeSnapshot, gi_spec
+from migd.core.names import name_order, spec_names
 
 Strategy = Literal["none", "single", "mixed"]
 STRATEGIES: tuple[Strategy, ...] = ("none", "single", "mixed")

@@ -22,6 +22,7 @@ DEFAULT_EXECUTABLE = "/usr/bin/migd"
 # Directories systemd's ProtectHome= hides; a migd installed below one needs read access.
 HOME_DIRECTORIES = ("/home", "/root", "/run/user")
 
+
 @dataclass(frozen=True)
 class UnitOptions:
     """What ``migd install-unit`` puts into the unit besides the shipped text."""
