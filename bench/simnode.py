@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from migd.sim import faults as sim_faults
 from migd.sim import node as sim_node
-from migd.sim.state import CallFault, Flags, Node
+from migd.sim.state import CallFault, Flags, NodeState
 from migd.sim.store import StateStore, Transaction
 from migd.sim.symbols import MUTATING
 
@@ -33,7 +33,7 @@ CI_DESTROY = "nvmlComputeInstanceDestroy"
 Stats = Mapping[str, Mapping[str, int]]
 
 
-def init_node(path: str, gpus: int, *, model: str = H200, mig_enabled: bool = True) -> Node:
+def init_node(path: str, gpus: int, *, model: str = H200, mig_enabled: bool = True) -> NodeState:
     """A fresh node of ``gpus`` GPUs of ``model``, no instances, and an empty call log.
 
     MIG is switched on in the node itself rather than through SetMigMode: the
@@ -54,7 +54,7 @@ def init_node(path: str, gpus: int, *, model: str = H200, mig_enabled: bool = Tr
     return node
 
 
-def read_node(path: str) -> Node:
+def read_node(path: str) -> NodeState:
     store = StateStore(path)
     try:
         return store.read()
@@ -86,7 +86,7 @@ def _change(path: str, change: object) -> None:
 def set_latencies(path: str, latencies_ms: Mapping[str, float]) -> None:
     """One ``migd sim fault --call SYMBOL --latency MS`` per entry, on every GPU."""
 
-    def change(node: Node) -> Node:
+    def change(node: NodeState) -> NodeState:
         for symbol, ms in latencies_ms.items():
             node = sim_faults.add_call_fault(node, CallFault(call=symbol, latency_ms=ms))
         return node
@@ -149,7 +149,7 @@ def counts_between(before: Stats, after: Stats) -> CallCounts:
     )
 
 
-def gi_serials(node: Node, gpu: int) -> frozenset[int]:
+def gi_serials(node: NodeState, gpu: int) -> frozenset[int]:
     """The GPU instances of one GPU by serial: a serial is never reused, so an instance
     destroyed and created again at the same place counts as a new one."""
     return frozenset(gi.serial for gi in node.gpus[gpu].gpu_instances)

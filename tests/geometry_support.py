@@ -29,7 +29,7 @@ from migd.gpu.executor import ReconcileOptions, ReconcileResult
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services
 from migd.sim import faults, node
-from migd.sim.state import CallFault, Flags, Node
+from migd.sim.state import CallFault, Flags, NodeState
 from migd.sim.store import StateStore
 from migd.sim.symbols import MUTATING
 
@@ -70,21 +70,21 @@ def make_node(
     return path
 
 
-def edit_node(path: Path, change: Callable[[Node], Node]) -> None:
+def edit_node(path: Path, change: Callable[[NodeState], NodeState]) -> None:
     """Change the simulated node as ``migd sim process|fault`` would."""
     StateStore(path).transaction(lambda tx: tx.commit(change(tx.node)))
 
 
-def read_node(path: Path) -> Node:
+def read_node(path: Path) -> NodeState:
     return StateStore(path).read()
 
 
-def restart_from(path: Path, state: Node) -> None:
+def restart_from(path: Path, state: NodeState) -> None:
     """Put the node back to ``state`` with a fresh call log (as after ``sim init``)."""
     StateStore(path).create(state)
 
 
-def power_cycled(state: Node) -> Node:
+def power_cycled(state: NodeState) -> NodeState:
     """The node after a reboot of a Hopper node: MIG off, no instances, no processes."""
     return dataclasses.replace(
         state,
@@ -150,7 +150,7 @@ def delta(
     return out
 
 
-def geometry(state: Node) -> dict[int, tuple]:
+def geometry(state: NodeState) -> dict[int, tuple]:
     """What each simulated GPU holds: mode and (profile, placement, CIs) of every GI."""
     return {
         g.index: (
@@ -174,7 +174,7 @@ def geometry(state: Node) -> dict[int, tuple]:
     }
 
 
-def gi_ids(state: Node, gpu: int) -> dict[tuple[int, int, int], int]:
+def gi_ids(state: NodeState, gpu: int) -> dict[tuple[int, int, int], int]:
     """(profile, start, size) → GI id of every GI on one simulated GPU."""
     return {(gi.profile_id, gi.start, gi.size): gi.id for gi in state.gpus[gpu].gpu_instances}
 

@@ -1,5 +1,5 @@
 """The daemon's parts without a daemon process: sd_notify, the runtime directory, the
-unit file, and the loop's decisions driven in-process by a fake node."""
+unit file, and the loop's decisions driven in-process over fake GPUs."""
 
 from __future__ import annotations
 
@@ -23,16 +23,16 @@ from migd.daemon.loop import (
     DaemonOptions,
     Drift,
     DriftReport,
+    Gpus,
     Loaded,
-    Node,
-    NvmlNode,
+    NvmlGpus,
     ReloadSignal,
     StopSignal,
     load_selected,
 )
 from migd.daemon.notify import Notifier, watchdog_interval
 from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir
-from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
+from migd.daemon.view import DaemonObserver, DaemonView, Observers, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.formats.files import atomic_write
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
@@ -167,11 +167,11 @@ def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The loop's decisions, with a fake node
+# The loop's decisions, over fake GPUs
 # ---------------------------------------------------------------------------
 
 
-class FakeNode:
+class FakeGpus:
     """Answers reconciles with the outcomes given, one per call (the last one repeats).
 
     A reconcile waits for ``gate``, a drift check for ``check_gate``, when given.
@@ -251,9 +251,25 @@ class Recorder(DaemonObserver):
         return [v for v in self.views if v.phase is not Phase.STOPPING][-1]
 
 
+def test_an_observer_that_raises_is_logged_and_the_others_still_hear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(DaemonObserver):
+        def reload_attempted(self, ok: bool) -> None:
+            raise RuntimeError("disk full")
+
+    first, second = Recorder(), Recorder()
+    observers = Observers([first, Broken(), second])
+    observers.reload_attempted(False)
+    observers.reconcile_failed(Trigger.RELOAD, "GPU_IS_LOST")
+    assert first.reloads == second.reloads == [False]
+    assert first.failures == second.failures == [(Trigger.RELOAD, "GPU_IS_LOST")]
+    assert "observer Broken.reload_attempted failed" in caplog.text
+
+
 def drive(
     tmp_path: Path,
-    node: Node,
+    gpus: Gpus,
     *,
     config: str | None = None,
     until: Callable[[Recorder], bool] | None = None,
@@ -261,7 +277,7 @@ def drive(
     boot_policy: str | None = None,
     exits: bool = False,
 ) -> tuple[int, Recorder, NotifyListener]:
-    """Run a Daemon in this thread over ``node`` until ``until`` holds, then SIGTERM it;
+    """Run a Daemon in this thread over ``gpus`` until ``until`` holds, then SIGTERM it;
     with ``exits`` it is expected to exit by itself (and is stopped if it does not).
     A failure in ``during`` or ``until`` fails the test once the daemon has exited."""
     path = tmp_path / "config.yaml"
@@ -276,7 +292,7 @@ def drive(
     lock = runtime.claim(os.getpid())
     daemon = Daemon(
         DaemonOptions(str(path), boot_policy=boot_policy),  # type: ignore[arg-type]
-        node,
+        gpus,
         startup,
         runtime=runtime,
         notifier=Notifier(listener.address),
@@ -315,17 +331,17 @@ def drive(
 
 def test_retries_back_off_exponentially_up_to_the_maximum(tmp_path: Path) -> None:
     config = config_text(retry_initial="0.05s", retry_max="0.2s")
-    node = FakeNode([GpuOutcome.FAILED] * 5 + [GpuOutcome.APPLIED])
+    gpus = FakeGpus([GpuOutcome.FAILED] * 5 + [GpuOutcome.APPLIED])
     code, recorder, listener = drive(
         tmp_path,
-        node,
+        gpus,
         config=config,
         until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY,
     )
     assert code == 0
     delays = [s.rsplit("retry in ", 1)[1] for s in recorder.statuses() if "retry in" in s]
     assert list(dict.fromkeys(delays)) == ["0.05 s)", "0.1 s)", "0.2 s)"]
-    assert len(node.reconciles) == 6
+    assert len(gpus.reconciles) == 6
     assert [t for t, _ in recorder.outcomes] == [Trigger.STARTUP] + [Trigger.RETRY] * 5
     # READY=1 once, after the first (failed) outcome: boot-policy continue.
     assert sum("READY=1" in m for m in listener.snapshot()) == 1
@@ -337,10 +353,10 @@ def test_a_reconcile_failing_as_a_whole_is_told_to_observers_and_retried(
     """No GPU result (the node could not be read): still a failure metrics can count."""
     config = config_text(retry_initial="0.05s", retry_max="0.1s")
     lost = NvmlError("nvmlDeviceGetHandleByIndex", 15, "GPU_IS_LOST", "GPU is lost")
-    node = FakeNode([lost, lost, GpuOutcome.APPLIED])
+    gpus = FakeGpus([lost, lost, GpuOutcome.APPLIED])
     code, recorder, _ = drive(
         tmp_path,
-        node,
+        gpus,
         config=config,
         until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY,
     )
@@ -352,16 +368,16 @@ def test_a_reconcile_failing_as_a_whole_is_told_to_observers_and_retried(
 def test_boot_policy_strict_exits_with_the_outcome_and_never_reports_ready(
     tmp_path: Path,
 ) -> None:
-    node = FakeNode([GpuOutcome.BLOCKED])
-    code, _, listener = drive(tmp_path, node, boot_policy="strict", exits=True)
+    gpus = FakeGpus([GpuOutcome.BLOCKED])
+    code, _, listener = drive(tmp_path, gpus, boot_policy="strict", exits=True)
     assert code == 3
     assert not any("READY=1" in m for m in listener.snapshot())
 
 
 def test_config_that_does_not_fit_the_node_is_refused_at_start(tmp_path: Path) -> None:
-    node = FakeNode([InvalidRequest("GPU 0 (NVIDIA H200) has no profile 1g.5gb")])
+    gpus = FakeGpus([InvalidRequest("GPU 0 (NVIDIA H200) has no profile 1g.5gb")])
     _, recorder, _ = drive(
-        tmp_path, node, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.DEGRADED
+        tmp_path, gpus, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.DEGRADED
     )
     view = recorder.before_stop()
     assert view.selected_config is None and not view.last_reload_ok
@@ -373,7 +389,7 @@ def test_config_that_does_not_fit_the_node_is_refused_at_start(tmp_path: Path) -
 
 def test_stop_waits_for_the_job_in_progress(tmp_path: Path) -> None:
     gate = threading.Event()
-    node = FakeNode([GpuOutcome.APPLIED], gate=gate)
+    gpus = FakeGpus([GpuOutcome.APPLIED], gate=gate)
 
     def stop_then_release(daemon: Daemon, recorder: Recorder) -> None:
         wait_for(lambda: recorder.views and recorder.views[-1].phase is Phase.APPLYING, "apply")
@@ -382,7 +398,7 @@ def test_stop_waits_for_the_job_in_progress(tmp_path: Path) -> None:
         wait_for(lambda: recorder.views[-1].phase is Phase.STOPPING, "stopping")
         gate.set()
 
-    code, recorder, listener = drive(tmp_path, node, during=stop_then_release)
+    code, recorder, listener = drive(tmp_path, gpus, during=stop_then_release)
     assert code == 0
     assert recorder.views[-2].status_line.startswith("stopping once this finishes: applying")
     assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.APPLIED)]
@@ -409,20 +425,20 @@ def _stop_while(
 def test_a_stop_during_a_drift_check_starts_no_repair(tmp_path: Path) -> None:
     gate = threading.Event()
     drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
-    node = FakeNode([GpuOutcome.APPLIED], drift=drift, check_gate=gate)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift, check_gate=gate)
     config = config_text(drift="0.05s")  # policy repair
     code, recorder, _ = drive(
-        tmp_path, node, config=config, during=_stop_while(lambda: node.checks == 1, gate)
+        tmp_path, gpus, config=config, during=_stop_while(lambda: gpus.checks == 1, gate)
     )
     assert code == 0
-    assert node.checks == 1
-    assert node.reconciles == ["balanced"]  # the startup only: the drift found is not repaired
+    assert gpus.checks == 1
+    assert gpus.reconciles == ["balanced"]  # the startup only: the drift found is not repaired
     assert recorder.views[-1].gpus[0].reason.startswith("drifted: holds 1g.18gb×6")
 
 
 def test_a_stop_during_a_failing_change_starts_no_retry_and_no_reload(tmp_path: Path) -> None:
     gate = threading.Event()
-    node = FakeNode([GpuOutcome.FAILED], gate=gate)
+    gpus = FakeGpus([GpuOutcome.FAILED], gate=gate)
     config = config_text(retry_initial="0.05s", drift="0.05s")
 
     def sighup_and_edit(daemon: Daemon) -> None:
@@ -430,10 +446,10 @@ def test_a_stop_during_a_failing_change_starts_no_retry_and_no_reload(tmp_path: 
         (tmp_path / "config.yaml").write_text(config_text("small", drift="0.05s"))
         daemon.post(ConfigTouched())
 
-    steer = _stop_while(lambda: node.reconciles == ["balanced"], gate, then=sighup_and_edit)
-    code, recorder, _ = drive(tmp_path, node, config=config, during=steer)
+    steer = _stop_while(lambda: gpus.reconciles == ["balanced"], gate, then=sighup_and_edit)
+    code, recorder, _ = drive(tmp_path, gpus, config=config, during=steer)
     assert code == 0
-    assert node.reconciles == ["balanced"] and node.checks == 0
+    assert gpus.reconciles == ["balanced"] and gpus.checks == 0
     assert recorder.outcomes == [(Trigger.STARTUP, GpuOutcome.FAILED)]
 
 
@@ -446,7 +462,7 @@ def test_a_hanging_reset_command_is_cut_short_and_the_daemon_goes_on(tmp_path: P
         make_node(scratch / "node.json", [A100])  # its mode change needs a reset
         code, recorder, listener = drive(
             tmp_path,
-            NvmlNode(),
+            NvmlGpus(),
             config=config,
             until=lambda r: bool(r.views and r.views[-1].gpus),
         )
@@ -460,24 +476,24 @@ def test_a_hanging_reset_command_is_cut_short_and_the_daemon_goes_on(tmp_path: P
 
 def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> None:
     drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
-    node = FakeNode([GpuOutcome.APPLIED], drift=drift)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
     config = config_text(drift="0.05s", policy="report")
     _, recorder, _ = drive(
         tmp_path,
-        node,
+        gpus,
         config=config,
         until=lambda r: bool(r.views) and not r.views[-1].gpus[0].in_sync,
     )
     view = recorder.before_stop()
     assert view.phase is Phase.DEGRADED
     assert view.gpus[0].reason == "drifted: holds 1g.18gb×6, config wants 1g.18gb×7"
-    assert node.reconciles == ["balanced"]  # the startup only: nothing repaired
+    assert gpus.reconciles == ["balanced"]  # the startup only: nothing repaired
 
 
 def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
-    node = FakeNode([GpuOutcome.APPLIED])
+    gpus = FakeGpus([GpuOutcome.APPLIED])
     code, _, _ = drive(
-        tmp_path, node, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY
+        tmp_path, gpus, until=lambda r: bool(r.views) and r.views[-1].phase is Phase.READY
     )
     assert code == 0
     doc = json.loads((tmp_path / "run" / "state.json").read_text())

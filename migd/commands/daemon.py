@@ -21,7 +21,7 @@ from typing import Any
 
 from migd.commands.common import add_config_file, add_selected_config, reset_command
 from migd.core.config import Settings
-from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlNode, load_selected
+from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
 from migd.daemon.metrics import MetricsEndpoint, start_endpoint
 from migd.daemon.notify import Notifier, watchdog_interval
 from migd.daemon.runtime import NotRunning, RuntimeDir, default_runtime_dir, pid_alive
@@ -213,7 +213,7 @@ def run_daemon(args: argparse.Namespace) -> int:
             watchdog_interval=watchdog_interval(environ, os.getpid()),
         )
         daemon = Daemon(
-            options, NvmlNode(), startup, runtime=runtime, notifier=notifier, observers=observers
+            options, NvmlGpus(), startup, runtime=runtime, notifier=notifier, observers=observers
         )
         return daemon.run()
     finally:

@@ -21,7 +21,7 @@ from migd.errors import EXIT_OK, InvalidRequest
 from migd.formats.gpu_models import ModelDataError, load_model, model_names
 from migd.sim import faults as sim_faults
 from migd.sim import node as sim
-from migd.sim.state import CallFault, Flags, Node, StateError
+from migd.sim.state import CallFault, Flags, NodeState, StateError
 from migd.sim.store import StateStore, Transaction
 from migd.sim.symbols import check_call_name
 
@@ -88,7 +88,7 @@ def _store(args: argparse.Namespace) -> StateStore:
     return StateStore(args.state)
 
 
-def _read(store: StateStore) -> Node:
+def _read(store: StateStore) -> NodeState:
     try:
         return store.read()
     except FileNotFoundError:
@@ -99,11 +99,11 @@ def _read(store: StateStore) -> Node:
         raise InvalidRequest(f"{store.path}: {exc}") from None
 
 
-def _change(store: StateStore, change: Callable[[Node], Node]) -> Node:
+def _change(store: StateStore, change: Callable[[NodeState], NodeState]) -> NodeState:
     """Apply ``change`` to the node under the exclusive lock; bad input exits 2."""
     _read(store)  # a clear message for a missing or foreign file
 
-    def run(tx: Transaction) -> Node:
+    def run(tx: Transaction) -> NodeState:
         try:
             new = change(tx.node)
         except ValueError as exc:
@@ -223,7 +223,7 @@ def _mode(value: int) -> str:
     return "enabled" if value == 1 else "disabled"
 
 
-def describe(node: Node) -> dict[str, Any]:
+def describe(node: NodeState) -> dict[str, Any]:
     """The node as ``migd sim show --json`` prints it (names resolved from the models)."""
     gpus = []
     for gpu in node.gpus:
@@ -300,7 +300,7 @@ def describe(node: Node) -> dict[str, Any]:
     }
 
 
-def _text(node: Node, path: str) -> list[str]:
+def _text(node: NodeState, path: str) -> list[str]:
     flags = node.flags
 
     def yes(value: bool) -> str:
@@ -489,7 +489,7 @@ def _run_fault(args: argparse.Namespace) -> int:
     if not (fault or args.kill_at is not None or args.lost_gpu is not None or args.clear):
         raise InvalidRequest("nothing to do: give --call ..., --kill-at, --lost-gpu or --clear")
 
-    def change(node: Node) -> Node:
+    def change(node: NodeState) -> NodeState:
         if args.clear:
             node = sim_faults.clear(node)
         if fault is not None:
@@ -561,7 +561,7 @@ def _run_reset(args: argparse.Namespace) -> int:
     if not indices:
         raise InvalidRequest("name the GPUs to reset with --gpu or --bus-id")
 
-    def run(tx: Transaction) -> tuple[Node, Node]:
+    def run(tx: Transaction) -> tuple[NodeState, NodeState]:
         before = tx.node
         after = sim.reset_gpus(before, indices)
         tx.commit(after)

@@ -56,6 +56,12 @@ class ConfigEntryLike(Protocol):
     @property
     def line(self) -> int: ...
 
+    @property
+    def column(self) -> int: ...
+
+    @property
+    def source(self) -> str: ...  # the file it was read from; empty when unknown
+
     def matches(self, index: int, pci_device_id: int, pci_subsystem_id: int) -> bool: ...
 
 
@@ -93,10 +99,19 @@ def valid_profiles(gpu: GpuState) -> tuple[str, ...]:
     return (*sorted(gis, key=name_order), *sorted(cis, key=name_order))
 
 
-def _unknown(gpu: GpuState, why: str) -> InvalidRequest:
+class ProfileNotOffered(InvalidRequest):
+    """A profile name one GPU cannot honour. ``detail`` says why without naming the GPU,
+    so problems of several GPUs alike can be reported once, naming them all."""
+
+    def __init__(self, gpu: GpuState, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"{gpu_label(gpu)}: {detail}")
+
+
+def _unknown(gpu: GpuState, why: str) -> ProfileNotOffered:
     """A name this GPU cannot honour: says why and lists what it does offer."""
     choices = ", ".join(valid_profiles(gpu)) or "none (the GPU reports no MIG profiles)"
-    return InvalidRequest(f"{gpu_label(gpu)}: {why}; valid here: {choices}")
+    return ProfileNotOffered(gpu, f"{why}; valid here: {choices}")
 
 
 def _resolve_gi(gpu: GpuState, wanted: ProfileName, name: str) -> GiProfile:
@@ -119,9 +134,10 @@ def _resolve_gi(gpu: GpuState, wanted: ProfileName, name: str) -> GiProfile:
             return profile
     if same_size:
         names = ", ".join(sorted(p.name for p in same_size))
-        raise InvalidRequest(
-            f"{gpu_label(gpu)}: {name!r} cannot be resolved unambiguously: the GPU has no "
-            f"standard {wanted.gi_name} profile, only {names}; name one of them"
+        raise ProfileNotOffered(
+            gpu,
+            f"{name!r} cannot be resolved unambiguously: the GPU has no "
+            f"standard {wanted.gi_name} profile, only {names}; name one of them",
         )
     raise _unknown(gpu, f"unknown profile {name!r}")
 
@@ -129,7 +145,8 @@ def _resolve_gi(gpu: GpuState, wanted: ProfileName, name: str) -> GiProfile:
 def resolve_profile(gpu: GpuState, name: str) -> ResolvedProfile:
     """Resolve one profile name of a config against ``gpu``'s own table.
 
-    Raises InvalidRequest naming the GPU, the profile and the valid choices.
+    Raises ProfileNotOffered (an InvalidRequest) naming the GPU, the profile and the
+    valid choices.
     """
     try:
         parsed = ProfileName.parse(name)
@@ -139,8 +156,8 @@ def resolve_profile(gpu: GpuState, name: str) -> ResolvedProfile:
     if parsed.ci_slices is None:
         full = gi.full_ci()
         if full is None:
-            raise InvalidRequest(
-                f"{gpu_label(gpu)}: {gi.name} reports no compute-instance profile spanning it"
+            raise ProfileNotOffered(
+                gpu, f"{gi.name} reports no compute-instance profile spanning it"
             )
         return ResolvedProfile(name, gi, full, whole_gi=True)
     sized = [ci for ci in gi.ci_profiles if ci.slice_count == parsed.ci_slices]
@@ -152,10 +169,11 @@ def resolve_profile(gpu: GpuState, name: str) -> ResolvedProfile:
         raise _unknown(
             gpu, f"{gi.name} offers no {parsed.ci_slices}-slice compute instance ({name!r})"
         )
-    raise InvalidRequest(
-        f"{gpu_label(gpu)}: {name!r} cannot be resolved unambiguously: {gi.name} offers "
+    raise ProfileNotOffered(
+        gpu,
+        f"{name!r} cannot be resolved unambiguously: {gi.name} offers "
         f"{len(chosen)} {parsed.ci_slices}-slice compute-instance profiles "
-        f"(ids {', '.join(str(ci.id) for ci in chosen)})"
+        f"(ids {', '.join(str(ci.id) for ci in chosen)})",
     )
 
 
@@ -210,8 +228,11 @@ def _pack(gi: GiProfile, wanted: Counter[int]) -> list[tuple[int, ...]] | None:
 
 
 def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, list[str]]:
-    """The DesiredGpu ``entry`` asks of ``gpu``, or the problems that prevent it."""
-    where = f"{entry.path} (line {entry.line})"
+    """The DesiredGpu ``entry`` asks of ``gpu``, or the problems that prevent it.
+
+    Each problem says what is wrong without naming the entry or the GPU: the caller
+    adds both, once for every GPU alike.
+    """
     if not entry.mig_enabled:
         return DesiredGpu(gpu.index, False, (), tuple(entry.mig_devices)), []
     problems: list[str] = []
@@ -222,12 +243,12 @@ def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, l
         if count == 0:
             continue  # mig-parted recreates these on every apply; migd ignores them
         if count < 0:
-            problems.append(f"{where}: {gpu_label(gpu)}: {name}: count {count} is negative")
+            problems.append(f"{name}: count {count} is negative")
             continue
         try:
             resolved = resolve_profile(gpu, name)
-        except InvalidRequest as exc:
-            problems.append(f"{where}: {exc}")
+        except ProfileNotOffered as exc:
+            problems.append(exc.detail)
             continue
         gi = resolved.gi
         profiles[gi.id] = gi
@@ -236,8 +257,7 @@ def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, l
         if resolved.whole_gi:
             if count > gi.instance_count:
                 problems.append(
-                    f"{where}: {gpu_label(gpu)}: {name}: {count} wanted, "
-                    f"at most {gi.instance_count} {gi.name} fit"
+                    f"{name}: {count} wanted, at most {gi.instance_count} {gi.name} fit"
                 )
                 continue
             whole.extend([GiSpec(gi.id, (resolved.ci.id,))] * count)
@@ -248,15 +268,15 @@ def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, l
         limit = gi.instance_count * gi.slice_count
         if sum(cis.values()) > limit:
             problems.append(
-                f"{where}: {gpu_label(gpu)}: {sum(cis.values())} compute instances in "
-                f"{gi.name} GIs wanted, at most {limit} fit"
+                f"{sum(cis.values())} compute instances in {gi.name} GIs wanted, "
+                f"at most {limit} fit"
             )
             continue
         packed = _pack(gi, cis)
         if packed is None:
             problems.append(
-                f"{where}: {gpu_label(gpu)}: the compute instances asked in {gi.name} "
-                "do not fit its compute-instance placements"
+                f"the compute instances asked in {gi.name} do not fit its compute-instance "
+                "placements"
             )
             continue
         whole.extend(GiSpec(gi_id, ci_ids) for ci_ids in packed)
@@ -266,7 +286,7 @@ def _layout(gpu: GpuState, entry: ConfigEntryLike) -> tuple[DesiredGpu | None, l
     problem = layout_problem(gpu, specs)
     if problem is not None:
         text = format_counts(layout_counts(gpu, specs))
-        return None, [f"{where}: {gpu_label(gpu)}: {text} cannot be placed: {problem}"]
+        return None, [f"{text} cannot be placed: {problem}"]
     return DesiredGpu(gpu.index, True, specs, tuple(entry.mig_devices)), []
 
 
@@ -311,25 +331,21 @@ def desired_layouts(
     gpus = sorted(snapshot.gpus, key=lambda g: g.index)
     chosen, problems = _chosen_entries(gpus, entries)
     layouts = []
+    # One message per entry, model and problem: "GPUs 0-7 (NVIDIA H200): ...".
     shared: dict[tuple[int, str, str], tuple[ConfigEntryLike, list[int]]] = {}
     for gpu in gpus:
         if gpu.index not in chosen:
             continue
         entry = chosen[gpu.index]
         desired, found = _layout(gpu, entry)
-        prefix = f"{entry.path} (line {entry.line}): "
-        for text in found:
-            # One message per entry and model: "GPUs 0-7 (NVIDIA H200): ...".
-            template = text.removeprefix(prefix).replace(gpu_label(gpu), "{gpus}", 1)
-            shared.setdefault((id(entry), gpu.name, template), (entry, []))[1].append(gpu.index)
+        for detail in found:
+            shared.setdefault((id(entry), gpu.name, detail), (entry, []))[1].append(gpu.index)
         if desired is not None:
             layouts.append(desired)
-    for (_, name, template), (entry, indices) in shared.items():
-        message = template.replace("{gpus}", f"{_gpu_list(indices)} ({name})", 1)
-        source = getattr(entry, "source", "")
-        if source:
-            column = getattr(entry, "column", 1)
-            problems.append(f"{source}:{entry.line}:{column}: {entry.path}: {message}")
+    for (_, name, detail), (entry, indices) in shared.items():
+        message = f"{_gpu_list(indices)} ({name}): {detail}"
+        if entry.source:
+            problems.append(f"{entry.source}:{entry.line}:{entry.column}: {entry.path}: {message}")
         else:
             problems.append(f"{entry.path} (line {entry.line}): {message}")
     if problems:
@@ -354,7 +370,7 @@ def model_fit_problems(
 
     The node has one GPU per index the entries name (at least one), so later entries
     win exactly as on a real node; each problem is reported once per entry, without
-    the entry and GPU prefix the node-level messages carry, since the caller names both.
+    naming the entry or the GPU, since the caller names both.
     A MIG-enabled entry that would govern a GPU without MIG is a problem here.
     """
     indices = [i for e in entries if e.devices != "all" for i in e.devices]
@@ -368,11 +384,7 @@ def model_fit_problems(
         if not node_gpu.mig_capable:
             problems = [f"{gpu.name} is not MIG-capable"]
         else:
-            prefix = f"{entry.path} (line {entry.line}): "
-            problems = [
-                p.removeprefix(prefix).removeprefix(f"{gpu_label(node_gpu)}: ")
-                for p in _layout(node_gpu, entry)[1]
-            ]
+            problems = _layout(node_gpu, entry)[1]
         for text in problems:
             found.setdefault((id(entry), text), (entry, text))
     return tuple(found.values())

@@ -51,7 +51,7 @@ from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.core.selection import desired_layouts
 from migd.daemon.notify import Notifier, SystemdStatus
 from migd.daemon.runtime import ReloadAnswer, RuntimeDir, StateFile
-from migd.daemon.view import DaemonObserver, DaemonView, GpuView, Phase, Trigger
+from migd.daemon.view import DaemonObserver, DaemonView, GpuView, Observers, Phase, Trigger
 from migd.daemon.watch import ConfigWatcher, file_digest
 from migd.errors import (
     EXIT_FAILED,
@@ -156,8 +156,8 @@ class DaemonOptions:
 # ---------------------------------------------------------------------------
 
 
-class Node(Protocol):
-    """The GPUs as the worker thread sees them. Only the worker calls the first two."""
+class Gpus(Protocol):
+    """The node's GPUs as the worker thread acts on them. Only the worker calls the first two."""
 
     def reconcile(
         self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
@@ -172,8 +172,8 @@ class Node(Protocol):
     def close(self) -> None: ...
 
 
-class NvmlNode:
-    """The real node: NVML opened once, on first use, and kept open for the daemon's life.
+class NvmlGpus:
+    """The real GPUs: NVML opened once, on first use, and kept open for the daemon's life.
 
     A job that fails with an exception closes NVML, so the next attempt starts from a
     fresh ``nvmlInit`` (the driver may have been reloaded under us).
@@ -325,7 +325,7 @@ class Daemon:
     def __init__(
         self,
         options: DaemonOptions,
-        node: Node,
+        gpus: Gpus,
         startup: Loaded | ConfigError,
         *,
         runtime: RuntimeDir,
@@ -333,15 +333,11 @@ class Daemon:
         observers: Sequence[DaemonObserver] = (),
     ) -> None:
         self._options = options
-        self._node = node
+        self._gpus = gpus
         self._startup = startup
         self._runtime = runtime
         self._notifier = notifier
-        self._observers: tuple[DaemonObserver, ...] = (
-            StateFile(runtime),
-            SystemdStatus(notifier),
-            *observers,
-        )
+        self._observers = Observers((StateFile(runtime), SystemdStatus(notifier), *observers))
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._pid = os.getpid()
 
@@ -408,7 +404,7 @@ class Daemon:
             finally:
                 watcher.stop()
                 if self._job is None:
-                    self._node.close()
+                    self._gpus.close()
         code = EXIT_OK if self._exit_code is None else self._exit_code
         log.info("migd exits with status %d", code)
         return code
@@ -495,7 +491,7 @@ class Daemon:
 
     def _ping_watchdog(self, now: float) -> None:
         assert self._watchdog_interval is not None
-        started = self._node.oldest_call_started()
+        started = self._gpus.oldest_call_started()
         if started is not None and now - started > self._watchdog_interval / 2:
             if self._wedged_since != started:
                 self._wedged_since = started
@@ -587,11 +583,11 @@ class Daemon:
                 # Only the startup reconcile runs before READY=1: every later change
                 # happens under running consumers, which must be refreshed after it.
                 post_boot = job.trigger is not Trigger.STARTUP
-                value: ReconcileResult | DriftReport = self._node.reconcile(
+                value: ReconcileResult | DriftReport = self._gpus.reconcile(
                     job.loaded, options, post_boot=post_boot
                 )
             else:
-                value = self._node.check(job.loaded)
+                value = self._gpus.check(job.loaded)
         except Exception as exc:
             self.post(JobDone(job, None, exc))
         else:
@@ -637,7 +633,7 @@ class Daemon:
             log.info("%s accepted", self._options.config_file)
         self._refusal = ""
         self._reload_success_time = time.time()
-        self._tell("reload_attempted", True)
+        self._observers.reload_attempted(True)
 
     def _failed(self, job: ReconcileJob, error: BaseException) -> None:
         if isinstance(error, MigdError):
@@ -648,7 +644,7 @@ class Daemon:
             log.error("reconciling %s failed", job.loaded.name, exc_info=error)
         self._last_reconcile_time = time.time()
         reason = error.name if isinstance(error, NvmlError) else "error"
-        self._tell("reconcile_failed", job.trigger, reason)
+        self._observers.reconcile_failed(job.trigger, reason)
         if not isinstance(error, (ConfigError, InvalidRequest)):
             self._schedule_retry()
 
@@ -666,7 +662,7 @@ class Daemon:
                 log.info("%s", line)
             elif gpu.outcome not in IN_SYNC:
                 log.error("%s", line)
-        self._tell("reconciled", job.trigger, result)
+        self._observers.reconciled(job.trigger, result)
         if result.worst() in IN_SYNC:
             self._last_success_time = self._last_reconcile_time
             self._retry_delay = None
@@ -692,7 +688,7 @@ class Daemon:
         log.error("%s refused%s:", self._options.config_file, keeping)
         for line in self._refusal.splitlines():
             log.error("  %s", line)
-        self._tell("reload_attempted", False)
+        self._observers.reload_attempted(False)
         self._publish()
         self._runtime.answer(tokens, ReloadAnswer(EXIT_INVALID, self._refusal))
         self._finish_reload(trigger, ok=False, exit_code=EXIT_INVALID)
@@ -849,15 +845,7 @@ class Daemon:
         if self._published is None or view.phase is not self._published.phase:
             log.info("%s", view.status_line)
         self._published = view
-        self._tell("published", view)
-
-    def _tell(self, method: str, *args: object) -> None:
-        """Call one observer method on every observer; a broken observer is logged, not fatal."""
-        for observer in self._observers:
-            try:
-                getattr(observer, method)(*args)
-            except Exception:
-                log.exception("observer %s.%s failed", type(observer).__name__, method)
+        self._observers.published(view)
 
 
 def _gpu_error(gpus: Sequence[GpuView]) -> str:

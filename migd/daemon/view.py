@@ -8,11 +8,15 @@ systemd's ``STATUS=``). Nobody else keeps a parallel copy of this state.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.gpu.executor import ReconcileResult
+
+log = logging.getLogger("migd.daemon.view")
 
 
 class Phase(enum.Enum):
@@ -63,10 +67,12 @@ class DaemonView:
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. strategy check results
 
 
-class DaemonObserver:
+class DaemonObserver(Protocol):
     """Receives what the loop decides to publish; must never block the loop for long.
 
-    Every event does nothing by default: an observer overrides the ones it needs.
+    The loop calls these methods, and nothing else, on every observer. Each does
+    nothing by default: an observer subclasses this protocol and overrides the events
+    it needs.
     """
 
     def published(self, view: DaemonView) -> None:
@@ -81,3 +87,33 @@ class DaemonObserver:
 
     def reload_attempted(self, ok: bool) -> None:
         """A config (re)load was accepted or refused."""
+
+
+class Observers(DaemonObserver):
+    """Every observer of one daemon, as one: each event goes to all of them, in order.
+
+    An observer that raises is logged and the others still hear the event: a broken
+    status file or metric must not stop the loop that keeps the GPUs right.
+    """
+
+    def __init__(self, observers: Sequence[DaemonObserver]) -> None:
+        self._observers = tuple(observers)
+
+    def published(self, view: DaemonView) -> None:
+        self._each("published", lambda o: o.published(view))
+
+    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
+        self._each("reconciled", lambda o: o.reconciled(trigger, result))
+
+    def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
+        self._each("reconcile_failed", lambda o: o.reconcile_failed(trigger, reason))
+
+    def reload_attempted(self, ok: bool) -> None:
+        self._each("reload_attempted", lambda o: o.reload_attempted(ok))
+
+    def _each(self, event: str, tell: Callable[[DaemonObserver], None]) -> None:
+        for observer in self._observers:
+            try:
+                tell(observer)
+            except Exception:
+                log.exception("observer %s.%s failed", type(observer).__name__, event)

@@ -12,7 +12,7 @@ located-YAML reader.
 
 from __future__ import annotations
 
-from yaml.nodes import Node
+from yaml.nodes import Node as YamlNode
 
 from migd.formats.files import read_trusted_file
 from migd.formats.yaml_reader import (
@@ -37,7 +37,7 @@ def load_clients_file(path: str, *, euid: int | None = None) -> tuple[str, ...]:
     return parse_clients_file(read_trusted_file(path, euid=euid), path)
 
 
-def _read_clients_document(r: YamlReader, root: Node | None) -> tuple[str, ...]:
+def _read_clients_document(r: YamlReader, root: YamlNode | None) -> tuple[str, ...]:
     if root is None:
         return ()
     found = r.fields(root, "", "a gpu-clients file", CLIENTS_KEYS)

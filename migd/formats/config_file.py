@@ -31,7 +31,8 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import Node as YamlNode
 
 from migd.core.config import Config, ConfigEntry, DeviceFilter, Settings
 from migd.core.profiles import ProfileName, ProfileNameError
@@ -100,7 +101,7 @@ TOP_LEVEL_KEYS = ("version", "mig-configs", "selected-config", "settings")
 ENTRY_KEYS = ("devices", "device-filter", "mig-enabled", "mig-devices")
 
 
-def _read_document(r: YamlReader, root: Node | None, digest: str) -> Config:
+def _read_document(r: YamlReader, root: YamlNode | None, digest: str) -> Config:
     if root is None or is_null(root):  # empty, only comments, or null: valid, as upstream
         return Config(r.source, (), None, Settings(), digest)
     r.check_tag(root, "")
@@ -150,7 +151,7 @@ def _read_document(r: YamlReader, root: Node | None, digest: str) -> Config:
 
 
 def _read_mig_configs(
-    r: YamlReader, node: Node, path: str
+    r: YamlReader, node: YamlNode, path: str
 ) -> tuple[tuple[str, tuple[ConfigEntry, ...]], ...]:
     pairs = [] if is_null(node) else r.mapping(node, path, "mig-configs")
     if not pairs:
@@ -172,7 +173,7 @@ def _read_mig_configs(
     return tuple(configs)
 
 
-def _read_entries(r: YamlReader, node: Node, path: str) -> tuple[ConfigEntry, ...]:
+def _read_entries(r: YamlReader, node: YamlNode, path: str) -> tuple[ConfigEntry, ...]:
     if is_null(node):
         r.fail(node, path, "this config has no entries; it needs at least one '- devices: …'")
     items = r.sequence(
@@ -185,13 +186,13 @@ def _read_entries(r: YamlReader, node: Node, path: str) -> tuple[ConfigEntry, ..
     return tuple(r.each(items, path, lambda n, p: _read_entry(r, n, p)))
 
 
-def _read_entry(r: YamlReader, node: Node, path: str) -> ConfigEntry:
+def _read_entry(r: YamlReader, node: YamlNode, path: str) -> ConfigEntry:
     if is_null(node):
         r.fail(node, path, "this entry is empty; it needs devices: and mig-enabled:")
     before = len(r.problems)
     found = r.fields(node, path, "an entry", ENTRY_KEYS)
 
-    def value_of(key: str, parse: Callable[[YamlReader, Node, str], object]) -> object:
+    def value_of(key: str, parse: Callable[[YamlReader, YamlNode, str], object]) -> object:
         _, value_node = found[key]
         ok, value = r.attempt(lambda: parse(r, value_node, join_key(path, key)))
         return value if ok else None
@@ -258,21 +259,21 @@ def _read_entry(r: YamlReader, node: Node, path: str) -> ConfigEntry:
     )
 
 
-def _read_bool(r: YamlReader, node: Node, path: str) -> bool:
+def _read_bool(r: YamlReader, node: YamlNode, path: str) -> bool:
     value = r.scalar(node, path)
     if not isinstance(value, bool):
         r.fail(node, path, f"must be true or false (no quotes), not {r.describe(node)}")
     return value
 
 
-def _read_count(r: YamlReader, node: Node, path: str, what: str) -> int:
+def _read_count(r: YamlReader, node: YamlNode, path: str, what: str) -> int:
     value = r.scalar(node, path)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         r.fail(node, path, f"{what} must be a whole number ≥ 0, not {r.describe(node)}")
     return value
 
 
-def _read_devices(r: YamlReader, node: Node, path: str) -> str | tuple[int, ...]:
+def _read_devices(r: YamlReader, node: YamlNode, path: str) -> str | tuple[int, ...]:
     if isinstance(node, ScalarNode):
         value = r.scalar(node, path)
         if value == "all":
@@ -294,7 +295,7 @@ def _read_devices(r: YamlReader, node: Node, path: str) -> str | tuple[int, ...]
     return tuple(r.each(items, path, lambda n, p: _read_count(r, n, p, "a GPU index")))
 
 
-def _read_device_filters(r: YamlReader, node: Node, path: str) -> tuple[DeviceFilter, ...]:
+def _read_device_filters(r: YamlReader, node: YamlNode, path: str) -> tuple[DeviceFilter, ...]:
     if isinstance(node, ScalarNode):
         if is_null(node) or r.scalar(node, path) == "":
             return ()  # mig-parted: an empty filter matches every GPU
@@ -305,7 +306,7 @@ def _read_device_filters(r: YamlReader, node: Node, path: str) -> tuple[DeviceFi
     return tuple(r.each(items, path, lambda n, p: _read_device_filter(r, n, p)))
 
 
-def _read_device_filter(r: YamlReader, node: Node, path: str) -> DeviceFilter:
+def _read_device_filter(r: YamlReader, node: YamlNode, path: str) -> DeviceFilter:
     value = r.scalar(node, path)
     if isinstance(value, int) and not isinstance(value, bool) and isinstance(node, ScalarNode):
         r.fail(
@@ -321,7 +322,7 @@ def _read_device_filter(r: YamlReader, node: Node, path: str) -> DeviceFilter:
         r.fail(node, path, str(exc))
 
 
-def _read_mig_devices(r: YamlReader, node: Node, path: str) -> tuple[tuple[str, int], ...]:
+def _read_mig_devices(r: YamlReader, node: YamlNode, path: str) -> tuple[tuple[str, int], ...]:
     pairs = r.mapping(node, path, "mig-devices (profile: count)")
     counts: list[tuple[str, int]] = []
     valid = True

@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any, NoReturn
 
-from yaml.nodes import Node
+from yaml.nodes import Node as YamlNode
 
 from migd.core import nvml_codes
 from migd.core.gpu_models import (
@@ -82,7 +82,7 @@ class _Table:
     def __init__(
         self,
         r: YamlReader,
-        node: Node,
+        node: YamlNode,
         path: str,
         keys: Collection[str],
         optional: Collection[str] = (),
@@ -104,7 +104,7 @@ class _Table:
             self.r.fail(self.node, self.path, message)
         self.r.fail(self.found[key][1], join_key(self.path, key), message)
 
-    def _value(self, key: str) -> tuple[Node, object]:
+    def _value(self, key: str) -> tuple[YamlNode, object]:
         node = self.found[key][1]
         return node, self.r.scalar(node, join_key(self.path, key))
 
@@ -338,7 +338,7 @@ def _path_matches(parts: list[str], gis: tuple[GiModel, ...]) -> bool:
     return bool(cis) and (len(rest) == 2 or rest[2] in _CI_KEYS)
 
 
-def _read_model(r: YamlReader, root: Node | None) -> GpuModel:
+def _read_model(r: YamlReader, root: YamlNode | None) -> GpuModel:
     if root is None:
         raise ModelDataError(f"{r.source}: the file is empty")
     top = _Table(r, root, "", _TOP_KEYS)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from yaml.nodes import Node
+from yaml.nodes import Node as YamlNode
 
 from migd.errors import shorten
 from migd.formats.files import read_trusted_file
@@ -102,7 +102,7 @@ def load_hooks(path: str, *, euid: int | None = None) -> HooksFile:
     return parse_hooks(read_trusted_file(path, euid=euid), path)
 
 
-def _read_hooks_document(r: YamlReader, root: Node | None) -> HooksFile:
+def _read_hooks_document(r: YamlReader, root: YamlNode | None) -> HooksFile:
     if root is None:  # empty, or only comments: no hooks
         return HooksFile(r.source)
     found = r.fields(root, "", "a hooks file", ("version", "hooks"))
@@ -132,7 +132,7 @@ def _read_hooks_document(r: YamlReader, root: Node | None) -> HooksFile:
     return HooksFile(r.source, tuple(hooks))
 
 
-def _read_stage(r: YamlReader, node: Node, path: str, stage: str) -> list[Hook]:
+def _read_stage(r: YamlReader, node: YamlNode, path: str, stage: str) -> list[Hook]:
     hooks: list[Hook] = []
     expected = f"the {stage} hooks must be a list of hooks (- command: …)"
     for i, item in enumerate(r.sequence(node, path, expected)):
@@ -142,7 +142,7 @@ def _read_stage(r: YamlReader, node: Node, path: str, stage: str) -> list[Hook]:
     return hooks
 
 
-def _read_hook(r: YamlReader, node: Node, path: str, stage: str, position: int) -> Hook:
+def _read_hook(r: YamlReader, node: YamlNode, path: str, stage: str, position: int) -> Hook:
     found = r.fields(node, path, "a hook", HOOK_KEYS)
     before = len(r.problems)
     if "command" not in found or is_null(found["command"][1]):

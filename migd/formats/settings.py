@@ -17,7 +17,8 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node as YamlNode
+from yaml.nodes import ScalarNode
 
 from migd.core.config import (
     RESET_COMMAND_PLACEHOLDERS,
@@ -46,7 +47,7 @@ from migd.formats.yaml_reader import (
 # Durations longer than a week are typos (and overflow some timer APIs).
 MAX_DURATION_SECONDS = 7 * 24 * 3600.0
 
-_Parse = Callable[[YamlReader, Node, str], object]
+_Parse = Callable[[YamlReader, YamlNode, str], object]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class _Field:
 
 def _record(
     r: YamlReader,
-    node: Node,
+    node: YamlNode,
     path: str,
     *,
     what: str,
@@ -106,7 +107,7 @@ def _record_parser(
 
 
 def _choice_parser(*options: str) -> _Parse:
-    def parse(r: YamlReader, node: Node, path: str) -> str:
+    def parse(r: YamlReader, node: YamlNode, path: str) -> str:
         value = r.scalar(node, path)
         if value not in options:
             text = node.value if isinstance(node, ScalarNode) else ""
@@ -127,7 +128,7 @@ _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration_parser(*, zero_allowed: bool) -> _Parse:
-    def parse(r: YamlReader, node: Node, path: str) -> float:
+    def parse(r: YamlReader, node: YamlNode, path: str) -> float:
         value = r.scalar(node, path)
         seconds: float | None = None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -157,7 +158,7 @@ def _duration_parser(*, zero_allowed: bool) -> _Parse:
 def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
     """A command as an argv list; ``placeholders`` (when given) are the ``{names}`` it may use."""
 
-    def parse(r: YamlReader, node: Node, path: str) -> tuple[str, ...]:
+    def parse(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
         if isinstance(node, ScalarNode) and isinstance(r.scalar(node, path), str):
             r.fail(
                 node,
@@ -177,7 +178,7 @@ def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
 
 
 def _read_argument(
-    r: YamlReader, node: Node, path: str, placeholders: frozenset[str] | None
+    r: YamlReader, node: YamlNode, path: str, placeholders: frozenset[str] | None
 ) -> str:
     value = read_argument(r, node, path, what="argument")
     if placeholders is not None:
@@ -192,7 +193,7 @@ def _read_argument(
     return value
 
 
-def _read_listen_address(r: YamlReader, node: Node, path: str) -> str | None:
+def _read_listen_address(r: YamlReader, node: YamlNode, path: str) -> str | None:
     if is_null(node):
         return None
     text = r.text(node, path, "the metrics address")
@@ -217,11 +218,11 @@ _read_tls = _record_parser(
 )
 
 
-def _read_optional_tls(r: YamlReader, node: Node, path: str) -> TlsSettings | None:
+def _read_optional_tls(r: YamlReader, node: YamlNode, path: str) -> TlsSettings | None:
     return None if is_null(node) else _read_tls(r, node, path)  # type: ignore[return-value]
 
 
-def _read_retry(r: YamlReader, node: Node, path: str) -> RetrySettings:
+def _read_retry(r: YamlReader, node: YamlNode, path: str) -> RetrySettings:
     retry = _record(
         r,
         node,
@@ -297,7 +298,7 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
 }
 
 
-def read_settings(r: YamlReader, node: Node, path: str) -> Settings:
+def read_settings(r: YamlReader, node: YamlNode, path: str) -> Settings:
     settings = _record(r, node, path, what="settings", cls=Settings, fields=_SETTINGS_FIELDS)
     assert isinstance(settings, Settings)
     return settings

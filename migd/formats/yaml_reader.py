@@ -25,7 +25,8 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 from yaml.composer import ComposerError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.nodes import Node as YamlNode
 
 from migd.errors import ConfigError, Problem, shorten
 
@@ -54,7 +55,7 @@ T = TypeVar("T")
 def read_yaml_document(
     data: bytes,
     source: str,
-    read: Callable[[YamlReader, Node | None], T],
+    read: Callable[[YamlReader, YamlNode | None], T],
     *,
     packaged: bool = False,
 ) -> T:
@@ -181,7 +182,7 @@ class _ComposingLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: Node | None, index: object) -> Node:
+    def compose_node(self, parent: YamlNode | None, index: object) -> YamlNode:
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
@@ -203,7 +204,7 @@ _PACKAGED_LOADER: Any = getattr(yaml, "CSafeLoader", _ComposingLoader)
 _Loader = Any
 
 
-def _children(node: Node) -> list[Node]:
+def _children(node: YamlNode) -> list[YamlNode]:
     if isinstance(node, SequenceNode):
         return list(node.value)
     if isinstance(node, MappingNode):
@@ -211,7 +212,7 @@ def _children(node: Node) -> list[Node]:
     return []
 
 
-def _check_aliases(root: Node, source: str) -> None:
+def _check_aliases(root: YamlNode, source: str) -> None:
     """Refuse recursive aliases and alias expansion beyond MAX_ALIAS_EXPANSION nodes.
 
     Composed nodes share aliased subtrees, so the graph stays small; this computes the
@@ -220,7 +221,7 @@ def _check_aliases(root: Node, source: str) -> None:
     """
     sizes: dict[int, int] = {}
     on_path: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
+    stack: list[tuple[YamlNode, bool]] = [(root, False)]
     while stack:
         node, finished = stack.pop()
         key = id(node)
@@ -278,12 +279,12 @@ def item_key(path: str, index: int) -> str:
     return f"{path}[{index}]"
 
 
-def _unsupported_tag(node: Node) -> str:
+def _unsupported_tag(node: YamlNode) -> str:
     tag = node.tag.replace("tag:yaml.org,2002:", "!!")
     return f"the YAML tag {shorten(tag)} is not supported here (migd reads plain YAML only)"
 
 
-def is_null(node: Node) -> bool:
+def is_null(node: YamlNode) -> bool:
     """Whether a node is YAML's null (``~``, ``null``, or nothing after the colon)."""
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
 
@@ -296,11 +297,11 @@ class YamlReader:
         self.problems: list[Problem] = []
         self._loader = loader
 
-    def report(self, node: Node, path: str, message: str) -> None:
+    def report(self, node: YamlNode, path: str, message: str) -> None:
         mark = node.start_mark
         self.problems.append(Problem(self.source, mark.line + 1, mark.column + 1, path, message))
 
-    def fail(self, node: Node, path: str, message: str) -> NoReturn:
+    def fail(self, node: YamlNode, path: str, message: str) -> NoReturn:
         self.report(node, path, message)
         raise InvalidValue
 
@@ -315,12 +316,12 @@ class YamlReader:
         """The value yaml.safe_load would build; YAMLError or a _PARSER_FAILURES if none."""
         return self._loader.construct_object(node)
 
-    def check_tag(self, node: Node, path: str) -> None:
+    def check_tag(self, node: YamlNode, path: str) -> None:
         """Refuse tagged lists and mappings (``!!python/…``, ``!!set``): plain YAML only."""
         if isinstance(node, (SequenceNode, MappingNode)) and node.tag not in (_SEQ_TAG, _MAP_TAG):
             self.fail(node, path, _unsupported_tag(node))
 
-    def scalar(self, node: Node, path: str) -> object:
+    def scalar(self, node: YamlNode, path: str) -> object:
         """The Python value of a scalar node (as yaml.safe_load would build it).
 
         A list or mapping is returned as its node, for callers to describe.
@@ -335,7 +336,7 @@ class YamlReader:
         except (yaml.YAMLError, *_PARSER_FAILURES):
             self.fail(node, path, f"cannot read the value {shorten(node.value)!r}")
 
-    def describe(self, node: Node) -> str:
+    def describe(self, node: YamlNode) -> str:
         """What a node holds, for messages: 'a list', 'the number 7', …"""
         if isinstance(node, SequenceNode):
             return "a list"
@@ -355,20 +356,22 @@ class YamlReader:
             return f"the text {shorten(value)!r}"
         return f"{shorten(node.value)!r} (read by YAML as a {type(value).__name__})"
 
-    def text(self, node: Node, path: str, what: str) -> str:
+    def text(self, node: YamlNode, path: str, what: str) -> str:
         value = self.scalar(node, path)
         if not isinstance(value, str):
             self.fail(node, path, f"{what} must be text, not {self.describe(node)}")
         return value
 
-    def sequence(self, node: Node, path: str, expected: str) -> list[Node]:
+    def sequence(self, node: YamlNode, path: str, expected: str) -> list[YamlNode]:
         """The items of a list; else ``expected`` (a phrase saying what belongs here)."""
         self.check_tag(node, path)
         if not isinstance(node, SequenceNode):
             self.fail(node, path, f"{expected}, not {self.describe(node)}")
         return list(node.value)
 
-    def each(self, items: Sequence[Node], path: str, read: Callable[[Node, str], T]) -> list[T]:
+    def each(
+        self, items: Sequence[YamlNode], path: str, read: Callable[[YamlNode, str], T]
+    ) -> list[T]:
         """``read(item, "path[i]")`` for every item of a list, in order.
 
         Every item is read, so each bad one is reported; then InvalidValue if any was.
@@ -385,7 +388,7 @@ class YamlReader:
             raise InvalidValue
         return values
 
-    def mapping(self, node: Node, path: str, what: str) -> list[tuple[str, Node, Node]]:
+    def mapping(self, node: YamlNode, path: str, what: str) -> list[tuple[str, YamlNode, YamlNode]]:
         """The ``(key, key node, value node)`` pairs of a mapping, merges applied.
 
         Duplicate keys are reported (YAML would silently keep the last one). Keys are
@@ -398,8 +401,8 @@ class YamlReader:
                 path,
                 f"{what} must be a mapping of 'key: value' lines, not {self.describe(node)}",
             )
-        own: dict[str, tuple[Node, Node]] = {}
-        merged: list[tuple[str, Node, Node]] = []
+        own: dict[str, tuple[YamlNode, YamlNode]] = {}
+        merged: list[tuple[str, YamlNode, YamlNode]] = []
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 merged.extend(self._merge_sources(value_node, path))
@@ -427,9 +430,9 @@ class YamlReader:
                 pairs.append((key, key_node, value_node))
         return pairs
 
-    def _merge_sources(self, node: Node, path: str) -> list[tuple[str, Node, Node]]:
+    def _merge_sources(self, node: YamlNode, path: str) -> list[tuple[str, YamlNode, YamlNode]]:
         sources = node.value if isinstance(node, SequenceNode) else [node]
-        pairs: list[tuple[str, Node, Node]] = []
+        pairs: list[tuple[str, YamlNode, YamlNode]] = []
         for source in sources:
             if not isinstance(source, MappingNode):
                 self.fail(source, path, "'<<' merges mappings only (e.g. <<: *defaults)")
@@ -437,10 +440,10 @@ class YamlReader:
         return pairs
 
     def fields(
-        self, node: Node, path: str, what: str, allowed: Collection[str]
-    ) -> dict[str, tuple[Node, Node]]:
+        self, node: YamlNode, path: str, what: str, allowed: Collection[str]
+    ) -> dict[str, tuple[YamlNode, YamlNode]]:
         """A mapping whose keys must be among ``allowed``; unknown keys are reported."""
-        found: dict[str, tuple[Node, Node]] = {}
+        found: dict[str, tuple[YamlNode, YamlNode]] = {}
         for key, key_node, value_node in self.mapping(node, path, what):
             if key in allowed:
                 found[key] = (key_node, value_node)
@@ -457,8 +460,8 @@ class YamlReader:
 
 def read_version(
     r: YamlReader,
-    root: Node,
-    found: Mapping[str, tuple[Node, Node]],
+    root: YamlNode,
+    found: Mapping[str, tuple[YamlNode, YamlNode]],
     expected: str,
     *,
     reads: str,
@@ -485,7 +488,7 @@ def read_version(
 # ---------------------------------------------------------------------------
 
 
-def read_path(r: YamlReader, node: Node, path: str) -> str:
+def read_path(r: YamlReader, node: YamlNode, path: str) -> str:
     """An absolute file path (settings files, a hook's workdir)."""
     text = r.text(node, path, "a file path")
     if not text.startswith("/") or "\x00" in text:
@@ -498,7 +501,7 @@ def read_path(r: YamlReader, node: Node, path: str) -> str:
     return text
 
 
-def read_argument(r: YamlReader, node: Node, path: str, *, what: str = "") -> str:
+def read_argument(r: YamlReader, node: YamlNode, path: str, *, what: str = "") -> str:
     """Text handed to a program (an argument, an environment value), read exactly.
 
     A number or boolean YAML would read is refused with the quoting that keeps it
@@ -519,13 +522,13 @@ def read_argument(r: YamlReader, node: Node, path: str, *, what: str = "") -> st
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$")
 
 
-def read_units(r: YamlReader, node: Node, path: str) -> tuple[str, ...]:
+def read_units(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
     """A list of systemd unit names (settings.gpu-clients, the gpu-clients file)."""
     items = r.sequence(node, path, "must be a list of systemd unit names such as [kubelet.service]")
     return tuple(r.each(items, path, lambda n, p: _read_unit(r, n, p)))
 
 
-def _read_unit(r: YamlReader, node: Node, path: str) -> str:
+def _read_unit(r: YamlReader, node: YamlNode, path: str) -> str:
     unit = r.text(node, path, "a unit name")
     if not _UNIT_RE.match(unit):
         r.fail(

@@ -42,7 +42,7 @@ from migd.core.profiles import CI_PROFILE_INDEX_COUNT
 from migd.sim import faults, handles
 from migd.sim import node as sim
 from migd.sim.handles import Handle, Kind
-from migd.sim.state import ComputeInstance, Gpu, GpuInstance, Node, StateError
+from migd.sim.state import ComputeInstance, Gpu, GpuInstance, NodeState, StateError
 from migd.sim.store import StateStore, Transaction
 from migd.sim.symbols import MUTATING
 
@@ -252,7 +252,7 @@ def _placement_in(arg: Any) -> tuple[int, int]:
 # The symbol table
 # ---------------------------------------------------------------------------
 
-GpuOf = Callable[[Node, tuple[Any, ...]], "int | None"]
+GpuOf = Callable[[NodeState, tuple[Any, ...]], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def _symbol(
 
 
 def _by_handle(position: int) -> GpuOf:
-    def gpu_of(node: Node, args: tuple[Any, ...]) -> int | None:
+    def gpu_of(node: NodeState, args: tuple[Any, ...]) -> int | None:
         try:
             handle = handles.decode(_pointer_value(args[position]))
         except (_BadArgument, IndexError):
@@ -287,14 +287,14 @@ def _by_handle(position: int) -> GpuOf:
     return gpu_of
 
 
-def _by_index(node: Node, args: tuple[Any, ...]) -> int | None:
+def _by_index(node: NodeState, args: tuple[Any, ...]) -> int | None:
     try:
         return _uint(args[0])
     except (_BadArgument, IndexError):
         return None
 
 
-def _by_uuid(node: Node, args: tuple[Any, ...]) -> int | None:
+def _by_uuid(node: NodeState, args: tuple[Any, ...]) -> int | None:
     try:
         found = _find_uuid(node, _text_in(args[0]).decode(errors="replace"))
     except (_BadArgument, IndexError):
@@ -302,7 +302,7 @@ def _by_uuid(node: Node, args: tuple[Any, ...]) -> int | None:
     return found.gpu if found is not None else None
 
 
-def _by_bus_id(node: Node, args: tuple[Any, ...]) -> int | None:
+def _by_bus_id(node: NodeState, args: tuple[Any, ...]) -> int | None:
     try:
         gpu = _find_bus_id(node, _text_in(args[0]).decode(errors="replace"))
     except (_BadArgument, IndexError):
@@ -407,7 +407,7 @@ class FakeNvmlLibrary:
         tx.commit(node)
         return effect
 
-    def mutate(self, apply: Callable[[Node], tuple[Node, T]]) -> T:
+    def mutate(self, apply: Callable[[NodeState], tuple[NodeState, T]]) -> T:
         """Run one mutating call as a read-modify-write under the exclusive lock.
 
         The kill fault is counted here: it SIGKILLs the caller before ``apply`` runs,
@@ -438,14 +438,14 @@ class FakeNvmlLibrary:
 # ---------------------------------------------------------------------------
 
 
-def _gpu_of_handle(node: Node, arg: Any) -> tuple[Gpu, Handle]:
+def _gpu_of_handle(node: NodeState, arg: Any) -> tuple[Gpu, Handle]:
     handle = handles.decode(_pointer_value(arg))
     if handle is None or handle.gpu >= len(node.gpus):
         raise _fail(nvml_codes.INVALID_ARGUMENT, "not a handle of this node")
     return node.gpus[handle.gpu], handle
 
 
-def _device(node: Node, arg: Any) -> tuple[Gpu, GpuModel]:
+def _device(node: NodeState, arg: Any) -> tuple[Gpu, GpuModel]:
     """A whole-GPU device handle (a MIG device handle is refused)."""
     gpu, handle = _gpu_of_handle(node, arg)
     if handle.kind != Kind.DEVICE:
@@ -454,7 +454,7 @@ def _device(node: Node, arg: Any) -> tuple[Gpu, GpuModel]:
 
 
 def _any_device(
-    node: Node, arg: Any
+    node: NodeState, arg: Any
 ) -> tuple[Gpu, GpuModel, tuple[GpuInstance, ComputeInstance] | None]:
     """A GPU handle or a MIG device handle (then with its GI and CI)."""
     gpu, handle = _gpu_of_handle(node, arg)
@@ -467,7 +467,7 @@ def _any_device(
     raise _fail(nvml_codes.INVALID_ARGUMENT, "not a device handle")
 
 
-def _gpu_instance(node: Node, arg: Any) -> tuple[Gpu, GpuInstance]:
+def _gpu_instance(node: NodeState, arg: Any) -> tuple[Gpu, GpuInstance]:
     gpu, handle = _gpu_of_handle(node, arg)
     gi = sim.find_gi(gpu, handle.serial) if handle.kind == Kind.GPU_INSTANCE else None
     if gi is None:
@@ -475,7 +475,7 @@ def _gpu_instance(node: Node, arg: Any) -> tuple[Gpu, GpuInstance]:
     return gpu, gi
 
 
-def _compute_instance(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance]:
+def _compute_instance(node: NodeState, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance]:
     gpu, handle = _gpu_of_handle(node, arg)
     found = sim.find_ci(gpu, handle.serial) if handle.kind == Kind.COMPUTE_INSTANCE else None
     if found is None:
@@ -504,7 +504,7 @@ def _mig_handle(gpu: Gpu, ci: ComputeInstance) -> int:
     return Handle(Kind.MIG_DEVICE, gpu.index, ci.serial).value
 
 
-def _find_uuid(node: Node, text: str) -> Handle | None:
+def _find_uuid(node: NodeState, text: str) -> Handle | None:
     for gpu in node.gpus:
         if gpu.uuid == text:
             return Handle(Kind.DEVICE, gpu.index)
@@ -514,7 +514,7 @@ def _find_uuid(node: Node, text: str) -> Handle | None:
     return None
 
 
-def _find_bus_id(node: Node, text: str) -> Gpu | None:
+def _find_bus_id(node: NodeState, text: str) -> Gpu | None:
     return sim.find_gpu_by_bus_id(node, text)
 
 
@@ -551,7 +551,7 @@ def _ci_profile_by_id(gi_model: GiModel, profile_id: int) -> CiModel:
 
 
 @_symbol("nvmlInitWithFlags", needs_init=False)
-def _init(lib: FakeNvmlLibrary, node: Node, flags: Any) -> int:
+def _init(lib: FakeNvmlLibrary, node: NodeState, flags: Any) -> int:
     _uint(flags)
     with lib._count_lock:
         lib.init_count += 1
@@ -559,7 +559,7 @@ def _init(lib: FakeNvmlLibrary, node: Node, flags: Any) -> int:
 
 
 @_symbol("nvmlShutdown")
-def _shutdown(lib: FakeNvmlLibrary, node: Node) -> int:
+def _shutdown(lib: FakeNvmlLibrary, node: NodeState) -> int:
     with lib._count_lock:
         lib.init_count = max(0, lib.init_count - 1)
     return nvml_codes.SUCCESS
@@ -575,12 +575,12 @@ def _error_string(lib: FakeNvmlLibrary, node: None, result: Any) -> bytes:
 
 
 @_symbol("nvmlSystemGetDriverVersion")
-def _driver_version(lib: FakeNvmlLibrary, node: Node, buf: Any, length: Any) -> int:
+def _driver_version(lib: FakeNvmlLibrary, node: NodeState, buf: Any, length: Any) -> int:
     return _write_text(buf, length, DRIVER_VERSION)
 
 
 @_symbol("nvmlSystemGetNVMLVersion")
-def _nvml_version(lib: FakeNvmlLibrary, node: Node, buf: Any, length: Any) -> int:
+def _nvml_version(lib: FakeNvmlLibrary, node: NodeState, buf: Any, length: Any) -> int:
     return _write_text(buf, length, NVML_VERSION)
 
 
@@ -590,13 +590,13 @@ def _nvml_version(lib: FakeNvmlLibrary, node: Node, buf: Any, length: Any) -> in
 
 
 @_symbol("nvmlDeviceGetCount_v2")
-def _count(lib: FakeNvmlLibrary, node: Node, count: Any) -> int:
+def _count(lib: FakeNvmlLibrary, node: NodeState, count: Any) -> int:
     _set_scalar(count, len(node.gpus))
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetHandleByIndex_v2", gpu_of=_by_index)
-def _handle_by_index(lib: FakeNvmlLibrary, node: Node, index: Any, device: Any) -> int:
+def _handle_by_index(lib: FakeNvmlLibrary, node: NodeState, index: Any, device: Any) -> int:
     i = _uint(index)
     slot = _out_pointer(device)
     if i >= len(node.gpus):
@@ -606,7 +606,7 @@ def _handle_by_index(lib: FakeNvmlLibrary, node: Node, index: Any, device: Any) 
 
 
 @_symbol("nvmlDeviceGetHandleByUUID", gpu_of=_by_uuid)
-def _handle_by_uuid(lib: FakeNvmlLibrary, node: Node, uuid: Any, device: Any) -> int:
+def _handle_by_uuid(lib: FakeNvmlLibrary, node: NodeState, uuid: Any, device: Any) -> int:
     text = _text_in(uuid).decode(errors="replace")
     slot = _out_pointer(device)
     found = _find_uuid(node, text)
@@ -617,7 +617,7 @@ def _handle_by_uuid(lib: FakeNvmlLibrary, node: Node, uuid: Any, device: Any) ->
 
 
 @_symbol("nvmlDeviceGetHandleByPciBusId_v2", gpu_of=_by_bus_id)
-def _handle_by_bus_id(lib: FakeNvmlLibrary, node: Node, bus_id: Any, device: Any) -> int:
+def _handle_by_bus_id(lib: FakeNvmlLibrary, node: NodeState, bus_id: Any, device: Any) -> int:
     text = _text_in(bus_id).decode(errors="replace")
     slot = _out_pointer(device)
     if sim.parse_bus_id(text) is None:
@@ -630,14 +630,14 @@ def _handle_by_bus_id(lib: FakeNvmlLibrary, node: Node, bus_id: Any, device: Any
 
 
 @_symbol("nvmlDeviceGetIndex", gpu_of=_by_handle(0))
-def _index(lib: FakeNvmlLibrary, node: Node, device: Any, index: Any) -> int:
+def _index(lib: FakeNvmlLibrary, node: NodeState, device: Any, index: Any) -> int:
     gpu, _ = _device(node, device)
     _set_scalar(index, gpu.index)
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetName", gpu_of=_by_handle(0))
-def _name(lib: FakeNvmlLibrary, node: Node, device: Any, buf: Any, length: Any) -> int:
+def _name(lib: FakeNvmlLibrary, node: NodeState, device: Any, buf: Any, length: Any) -> int:
     _, model, mig = _any_device(node, device)
     if mig is None:
         return _write_text(buf, length, model.name)
@@ -648,14 +648,14 @@ def _name(lib: FakeNvmlLibrary, node: Node, device: Any, buf: Any, length: Any) 
 
 
 @_symbol("nvmlDeviceGetUUID", gpu_of=_by_handle(0))
-def _uuid(lib: FakeNvmlLibrary, node: Node, device: Any, buf: Any, length: Any) -> int:
+def _uuid(lib: FakeNvmlLibrary, node: NodeState, device: Any, buf: Any, length: Any) -> int:
     gpu, _, mig = _any_device(node, device)
     text = gpu.uuid if mig is None else sim.mig_uuid(gpu, *mig)
     return _write_text(buf, length, text)
 
 
 @_symbol("nvmlDeviceGetPciInfo_v3", gpu_of=_by_handle(0))
-def _pci_info(lib: FakeNvmlLibrary, node: Node, device: Any, info: Any) -> int:
+def _pci_info(lib: FakeNvmlLibrary, node: NodeState, device: Any, info: Any) -> int:
     gpu, model, _ = _any_device(node, device)  # a MIG device answers with its parent's
     out = _out_struct(info, pynvml.nvmlPciInfo_t)
     parsed = sim.parse_bus_id(gpu.bus_id)
@@ -669,7 +669,7 @@ def _pci_info(lib: FakeNvmlLibrary, node: Node, device: Any, info: Any) -> int:
     return nvml_codes.SUCCESS
 
 
-def _memory(node: Node, gpu: Gpu, model: GpuModel, mig: Any) -> tuple[int, int, int]:
+def _memory(node: NodeState, gpu: Gpu, model: GpuModel, mig: Any) -> tuple[int, int, int]:
     """(total, reserved, used) bytes of a GPU or a MIG device."""
     if mig is None:
         procs = sim.processes_on(node, gpu.index)
@@ -683,7 +683,7 @@ def _memory(node: Node, gpu: Gpu, model: GpuModel, mig: Any) -> tuple[int, int, 
 
 
 @_symbol("nvmlDeviceGetMemoryInfo", gpu_of=_by_handle(0))
-def _memory_info(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) -> int:
+def _memory_info(lib: FakeNvmlLibrary, node: NodeState, device: Any, memory: Any) -> int:
     gpu, model, mig = _any_device(node, device)
     out = _out_struct(memory, pynvml.c_nvmlMemory_t)
     total, _, used = _memory(node, gpu, model, mig)
@@ -692,7 +692,7 @@ def _memory_info(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) -> 
 
 
 @_symbol("nvmlDeviceGetMemoryInfo_v2", gpu_of=_by_handle(0))
-def _memory_info_v2(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) -> int:
+def _memory_info_v2(lib: FakeNvmlLibrary, node: NodeState, device: Any, memory: Any) -> int:
     gpu, model, mig = _any_device(node, device)
     out = _out_struct(memory, pynvml.c_nvmlMemory_v2_t)
     if out.version != pynvml.nvmlMemory_v2:
@@ -703,14 +703,14 @@ def _memory_info_v2(lib: FakeNvmlLibrary, node: Node, device: Any, memory: Any) 
 
 
 @_symbol("nvmlDeviceGetArchitecture", gpu_of=_by_handle(0))
-def _architecture(lib: FakeNvmlLibrary, node: Node, device: Any, arch: Any) -> int:
+def _architecture(lib: FakeNvmlLibrary, node: NodeState, device: Any, arch: Any) -> int:
     _, model, _ = _any_device(node, device)
     _set_scalar(arch, model.architecture)
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetVirtualizationMode", gpu_of=_by_handle(0))
-def _virtualization_mode(lib: FakeNvmlLibrary, node: Node, device: Any, mode: Any) -> int:
+def _virtualization_mode(lib: FakeNvmlLibrary, node: NodeState, device: Any, mode: Any) -> int:
     _device(node, device)
     passthrough = node.flags.passthrough
     _set_scalar(
@@ -722,7 +722,7 @@ def _virtualization_mode(lib: FakeNvmlLibrary, node: Node, device: Any, mode: An
     return nvml_codes.SUCCESS
 
 
-def _running_processes(node: Node, device: Any, count: Any, infos: Any) -> int:
+def _running_processes(node: NodeState, device: Any, count: Any, infos: Any) -> int:
     gpu, _, mig = _any_device(node, device)
     if mig is None:
         procs = sim.processes_on(node, gpu.index)
@@ -742,12 +742,12 @@ def _running_processes(node: Node, device: Any, count: Any, infos: Any) -> int:
 
 
 @_symbol("nvmlDeviceGetComputeRunningProcesses_v3", gpu_of=_by_handle(0))
-def _procs_v3(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any, infos: Any) -> int:
+def _procs_v3(lib: FakeNvmlLibrary, node: NodeState, device: Any, count: Any, infos: Any) -> int:
     return _running_processes(node, device, count, infos)
 
 
 @_symbol("nvmlDeviceGetComputeRunningProcesses_v2", gpu_of=_by_handle(0))
-def _procs_v2(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any, infos: Any) -> int:
+def _procs_v2(lib: FakeNvmlLibrary, node: NodeState, device: Any, count: Any, infos: Any) -> int:
     return _running_processes(node, device, count, infos)
 
 
@@ -757,7 +757,9 @@ def _procs_v2(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any, infos: 
 
 
 @_symbol("nvmlDeviceGetMigMode", gpu_of=_by_handle(0))
-def _get_mig_mode(lib: FakeNvmlLibrary, node: Node, device: Any, current: Any, pending: Any) -> int:
+def _get_mig_mode(
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, current: Any, pending: Any
+) -> int:
     gpu, model = _device(node, device)
     _mig_capable(model)
     current_out, pending_out = _out_scalar(current), _out_scalar(pending)
@@ -766,7 +768,9 @@ def _get_mig_mode(lib: FakeNvmlLibrary, node: Node, device: Any, current: Any, p
 
 
 @_symbol("nvmlDeviceSetMigMode", gpu_of=_by_handle(0))
-def _set_mig_mode(lib: FakeNvmlLibrary, node: Node, device: Any, mode: Any, status: Any) -> int:
+def _set_mig_mode(
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, mode: Any, status: Any
+) -> int:
     gpu, _ = _device(node, device)
     wanted = _uint(mode)
     status_out = _out_scalar(status)
@@ -798,7 +802,9 @@ def _write_gi_profile(out: Any, gi_model: GiModel, v2: bool) -> None:
 
 
 @_symbol("nvmlDeviceGetGpuInstanceProfileInfo", gpu_of=_by_handle(0))
-def _gi_profile_info(lib: FakeNvmlLibrary, node: Node, device: Any, profile: Any, info: Any) -> int:
+def _gi_profile_info(
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile: Any, info: Any
+) -> int:
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_t)
     _write_gi_profile(out, _gi_profile_by_index(model, _uint(profile)), v2=False)
@@ -807,7 +813,7 @@ def _gi_profile_info(lib: FakeNvmlLibrary, node: Node, device: Any, profile: Any
 
 @_symbol("nvmlDeviceGetGpuInstanceProfileInfoV", gpu_of=_by_handle(0))
 def _gi_profile_info_v(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile: Any, info: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile: Any, info: Any
 ) -> int:
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
@@ -817,7 +823,7 @@ def _gi_profile_info_v(
 
 @_symbol("nvmlDeviceGetGpuInstanceProfileInfoByIdV", gpu_of=_by_handle(0))
 def _gi_profile_info_by_id(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile_id: Any, info: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile_id: Any, info: Any
 ) -> int:
     _, model = _device(node, device)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
@@ -827,7 +833,7 @@ def _gi_profile_info_by_id(
 
 @_symbol("nvmlDeviceGetGpuInstancePossiblePlacements_v2", gpu_of=_by_handle(0))
 def _gi_placements(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile_id: Any, placements: Any, count: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile_id: Any, placements: Any, count: Any
 ) -> int:
     _, model = _device(node, device)
     gi_model = _gi_profile_by_id(model, _uint(profile_id))
@@ -838,7 +844,7 @@ def _gi_placements(
 
 @_symbol("nvmlDeviceGetGpuInstanceRemainingCapacity", gpu_of=_by_handle(0))
 def _gi_remaining(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile_id: Any, count: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile_id: Any, count: Any
 ) -> int:
     gpu, model = _device(node, device)
     gi_model = _gi_profile_by_id(model, _uint(profile_id))
@@ -847,7 +853,7 @@ def _gi_remaining(
 
 
 def _create_gi(
-    node: Node, lib: FakeNvmlLibrary, device: Any, profile_id: Any, placement: Any, out: Any
+    node: NodeState, lib: FakeNvmlLibrary, device: Any, profile_id: Any, placement: Any, out: Any
 ) -> int:
     gpu, model = _device(node, device)
     _mig_capable(model)
@@ -856,7 +862,7 @@ def _create_gi(
     slot = _out_pointer(out)
     index = gpu.index
 
-    def apply(n: Node) -> tuple[Node, int]:
+    def apply(n: NodeState) -> tuple[NodeState, int]:
         n, gi = sim.create_gpu_instance(n, index, pid, where)
         return n, _gi_handle(n.gpus[index], gi)
 
@@ -866,7 +872,7 @@ def _create_gi(
 
 @_symbol("nvmlDeviceCreateGpuInstance", gpu_of=_by_handle(0))
 def _create_gpu_instance(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile_id: Any, gpu_instance: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile_id: Any, gpu_instance: Any
 ) -> int:
     return _create_gi(node, lib, device, profile_id, None, gpu_instance)
 
@@ -874,7 +880,7 @@ def _create_gpu_instance(
 @_symbol("nvmlDeviceCreateGpuInstanceWithPlacement", gpu_of=_by_handle(0))
 def _create_gpu_instance_with_placement(
     lib: FakeNvmlLibrary,
-    node: Node,
+    node: NodeState,
     device: Any,
     profile_id: Any,
     placement: Any,
@@ -887,7 +893,7 @@ def _create_gpu_instance_with_placement(
 
 @_symbol("nvmlDeviceGetGpuInstances", gpu_of=_by_handle(0))
 def _gpu_instances(
-    lib: FakeNvmlLibrary, node: Node, device: Any, profile_id: Any, instances: Any, count: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, profile_id: Any, instances: Any, count: Any
 ) -> int:
     gpu, model = _device(node, device)
     gi_model = _gi_profile_by_id(model, _uint(profile_id))
@@ -902,7 +908,7 @@ def _gpu_instances(
 
 @_symbol("nvmlDeviceGetGpuInstanceById", gpu_of=_by_handle(0))
 def _gpu_instance_by_id(
-    lib: FakeNvmlLibrary, node: Node, device: Any, gi_id: Any, gpu_instance: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, gi_id: Any, gpu_instance: Any
 ) -> int:
     gpu, model = _device(node, device)
     _mig_capable(model)
@@ -916,7 +922,7 @@ def _gpu_instance_by_id(
 
 
 @_symbol("nvmlGpuInstanceGetInfo", gpu_of=_by_handle(0))
-def _gpu_instance_info(lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, info: Any) -> int:
+def _gpu_instance_info(lib: FakeNvmlLibrary, node: NodeState, gpu_instance: Any, info: Any) -> int:
     gpu, gi = _gpu_instance(node, gpu_instance)
     out = _out_struct(info, pynvml.c_nvmlGpuInstanceInfo_t)
     _store_pointer(out.device, _device_handle(gpu))
@@ -926,7 +932,7 @@ def _gpu_instance_info(lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, info
 
 
 @_symbol("nvmlGpuInstanceDestroy", gpu_of=_by_handle(0))
-def _gpu_instance_destroy(lib: FakeNvmlLibrary, node: Node, gpu_instance: Any) -> int:
+def _gpu_instance_destroy(lib: FakeNvmlLibrary, node: NodeState, gpu_instance: Any) -> int:
     gpu, gi = _gpu_instance(node, gpu_instance)
     lib.mutate(lambda n: (sim.destroy_gpu_instance(n, gpu.index, gi.serial), None))
     return nvml_codes.SUCCESS
@@ -952,7 +958,9 @@ def _write_ci_profile(out: Any, ci_model: CiModel, v2: bool) -> None:
     out.sharedOfaCount = ci_model.shared_ofa_count
 
 
-def _ci_profile_by_index(node: Node, gpu_instance: Any, profile: Any, eng_profile: Any) -> CiModel:
+def _ci_profile_by_index(
+    node: NodeState, gpu_instance: Any, profile: Any, eng_profile: Any
+) -> CiModel:
     gpu, gi = _gpu_instance(node, gpu_instance)
     index, engine = _uint(profile), _uint(eng_profile)
     if (
@@ -970,7 +978,12 @@ def _ci_profile_by_index(node: Node, gpu_instance: Any, profile: Any, eng_profil
 
 @_symbol("nvmlGpuInstanceGetComputeInstanceProfileInfo", gpu_of=_by_handle(0))
 def _ci_profile_info(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, profile: Any, eng_profile: Any, info: Any
+    lib: FakeNvmlLibrary,
+    node: NodeState,
+    gpu_instance: Any,
+    profile: Any,
+    eng_profile: Any,
+    info: Any,
 ) -> int:
     ci_model = _ci_profile_by_index(node, gpu_instance, profile, eng_profile)
     _write_ci_profile(_out_struct(info, pynvml.c_nvmlComputeInstanceProfileInfo_t), ci_model, False)
@@ -979,7 +992,12 @@ def _ci_profile_info(
 
 @_symbol("nvmlGpuInstanceGetComputeInstanceProfileInfoV", gpu_of=_by_handle(0))
 def _ci_profile_info_v(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, profile: Any, eng_profile: Any, info: Any
+    lib: FakeNvmlLibrary,
+    node: NodeState,
+    gpu_instance: Any,
+    profile: Any,
+    eng_profile: Any,
+    info: Any,
 ) -> int:
     ci_model = _ci_profile_by_index(node, gpu_instance, profile, eng_profile)
     out = _out_struct(info, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t)
@@ -988,7 +1006,7 @@ def _ci_profile_info_v(
 
 
 def _gi_and_ci_profile(
-    node: Node, gpu_instance: Any, profile_id: Any
+    node: NodeState, gpu_instance: Any, profile_id: Any
 ) -> tuple[Gpu, GpuInstance, GiModel, CiModel]:
     gpu, gi = _gpu_instance(node, gpu_instance)
     gi_model = sim.gi_model_of(sim.model_of(gpu), gi)
@@ -997,7 +1015,7 @@ def _gi_and_ci_profile(
 
 @_symbol("nvmlGpuInstanceGetComputeInstanceRemainingCapacity", gpu_of=_by_handle(0))
 def _ci_remaining(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, profile_id: Any, count: Any
+    lib: FakeNvmlLibrary, node: NodeState, gpu_instance: Any, profile_id: Any, count: Any
 ) -> int:
     _, gi, gi_model, ci_model = _gi_and_ci_profile(node, gpu_instance, profile_id)
     _set_scalar(count, sim.ci_remaining_capacity(gi, gi_model, ci_model))
@@ -1007,7 +1025,7 @@ def _ci_remaining(
 @_symbol("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gpu_of=_by_handle(0))
 def _ci_placements(
     lib: FakeNvmlLibrary,
-    node: Node,
+    node: NodeState,
     gpu_instance: Any,
     profile_id: Any,
     placements: Any,
@@ -1020,7 +1038,12 @@ def _ci_placements(
 
 
 def _create_ci(
-    node: Node, lib: FakeNvmlLibrary, gpu_instance: Any, profile_id: Any, placement: Any, out: Any
+    node: NodeState,
+    lib: FakeNvmlLibrary,
+    gpu_instance: Any,
+    profile_id: Any,
+    placement: Any,
+    out: Any,
 ) -> int:
     gpu, gi = _gpu_instance(node, gpu_instance)
     pid = _uint(profile_id)
@@ -1028,7 +1051,7 @@ def _create_ci(
     slot = _out_pointer(out)
     index, gi_serial = gpu.index, gi.serial
 
-    def apply(n: Node) -> tuple[Node, int]:
+    def apply(n: NodeState) -> tuple[NodeState, int]:
         n, ci = sim.create_compute_instance(n, index, gi_serial, pid, where)
         return n, _ci_handle(n.gpus[index], ci)
 
@@ -1038,7 +1061,7 @@ def _create_ci(
 
 @_symbol("nvmlGpuInstanceCreateComputeInstance", gpu_of=_by_handle(0))
 def _create_compute_instance(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, profile_id: Any, compute_instance: Any
+    lib: FakeNvmlLibrary, node: NodeState, gpu_instance: Any, profile_id: Any, compute_instance: Any
 ) -> int:
     return _create_ci(node, lib, gpu_instance, profile_id, None, compute_instance)
 
@@ -1046,7 +1069,7 @@ def _create_compute_instance(
 @_symbol("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gpu_of=_by_handle(0))
 def _create_compute_instance_with_placement(
     lib: FakeNvmlLibrary,
-    node: Node,
+    node: NodeState,
     gpu_instance: Any,
     profile_id: Any,
     placement: Any,
@@ -1059,7 +1082,12 @@ def _create_compute_instance_with_placement(
 
 @_symbol("nvmlGpuInstanceGetComputeInstances", gpu_of=_by_handle(0))
 def _compute_instances(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, profile_id: Any, instances: Any, count: Any
+    lib: FakeNvmlLibrary,
+    node: NodeState,
+    gpu_instance: Any,
+    profile_id: Any,
+    instances: Any,
+    count: Any,
 ) -> int:
     gpu, gi, _, ci_model = _gi_and_ci_profile(node, gpu_instance, profile_id)
     found = [ci for ci in gi.compute_instances if ci.profile_id == ci_model.id]
@@ -1072,7 +1100,7 @@ def _compute_instances(
 
 @_symbol("nvmlGpuInstanceGetComputeInstanceById", gpu_of=_by_handle(0))
 def _compute_instance_by_id(
-    lib: FakeNvmlLibrary, node: Node, gpu_instance: Any, ci_id: Any, compute_instance: Any
+    lib: FakeNvmlLibrary, node: NodeState, gpu_instance: Any, ci_id: Any, compute_instance: Any
 ) -> int:
     gpu, gi = _gpu_instance(node, gpu_instance)
     wanted = _uint(ci_id)
@@ -1086,7 +1114,7 @@ def _compute_instance_by_id(
 
 @_symbol("nvmlComputeInstanceGetInfo_v2", gpu_of=_by_handle(0))
 def _compute_instance_info(
-    lib: FakeNvmlLibrary, node: Node, compute_instance: Any, info: Any
+    lib: FakeNvmlLibrary, node: NodeState, compute_instance: Any, info: Any
 ) -> int:
     gpu, gi, ci = _compute_instance(node, compute_instance)
     out = _out_struct(info, pynvml.c_nvmlComputeInstanceInfo_t)
@@ -1098,7 +1126,7 @@ def _compute_instance_info(
 
 
 @_symbol("nvmlComputeInstanceDestroy", gpu_of=_by_handle(0))
-def _compute_instance_destroy(lib: FakeNvmlLibrary, node: Node, compute_instance: Any) -> int:
+def _compute_instance_destroy(lib: FakeNvmlLibrary, node: NodeState, compute_instance: Any) -> int:
     gpu, _, ci = _compute_instance(node, compute_instance)
     lib.mutate(lambda n: (sim.destroy_compute_instance(n, gpu.index, ci.serial), None))
     return nvml_codes.SUCCESS
@@ -1110,7 +1138,7 @@ def _compute_instance_destroy(lib: FakeNvmlLibrary, node: Node, compute_instance
 
 
 @_symbol("nvmlDeviceGetMaxMigDeviceCount", gpu_of=_by_handle(0))
-def _max_mig_devices(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any) -> int:
+def _max_mig_devices(lib: FakeNvmlLibrary, node: NodeState, device: Any, count: Any) -> int:
     gpu, model = _device(node, device)
     # nvml.h: zero if MIG is not supported or not enabled.
     enabled = model.mig_capable and gpu.mig_current == 1
@@ -1120,7 +1148,7 @@ def _max_mig_devices(lib: FakeNvmlLibrary, node: Node, device: Any, count: Any) 
 
 @_symbol("nvmlDeviceGetMigDeviceHandleByIndex", gpu_of=_by_handle(0))
 def _mig_device_by_index(
-    lib: FakeNvmlLibrary, node: Node, device: Any, index: Any, mig_device: Any
+    lib: FakeNvmlLibrary, node: NodeState, device: Any, index: Any, mig_device: Any
 ) -> int:
     gpu, model = _device(node, device)
     _mig_capable(model)
@@ -1133,7 +1161,7 @@ def _mig_device_by_index(
     return nvml_codes.SUCCESS
 
 
-def _mig_device(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance]:
+def _mig_device(node: NodeState, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance]:
     gpu, _, mig = _any_device(node, arg)
     if mig is None:
         raise _fail(nvml_codes.INVALID_ARGUMENT, "not a MIG device handle")
@@ -1141,28 +1169,28 @@ def _mig_device(node: Node, arg: Any) -> tuple[Gpu, GpuInstance, ComputeInstance
 
 
 @_symbol("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", gpu_of=_by_handle(0))
-def _parent_device(lib: FakeNvmlLibrary, node: Node, mig_device: Any, device: Any) -> int:
+def _parent_device(lib: FakeNvmlLibrary, node: NodeState, mig_device: Any, device: Any) -> int:
     gpu, _, _ = _mig_device(node, mig_device)
     _store_pointer(_out_pointer(device), _device_handle(gpu))
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceIsMigDeviceHandle", gpu_of=_by_handle(0))
-def _is_mig_device(lib: FakeNvmlLibrary, node: Node, device: Any, is_mig: Any) -> int:
+def _is_mig_device(lib: FakeNvmlLibrary, node: NodeState, device: Any, is_mig: Any) -> int:
     _, _, mig = _any_device(node, device)
     _set_scalar(is_mig, 0 if mig is None else 1)
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetGpuInstanceId", gpu_of=_by_handle(0))
-def _mig_gi_id(lib: FakeNvmlLibrary, node: Node, device: Any, gi_id: Any) -> int:
+def _mig_gi_id(lib: FakeNvmlLibrary, node: NodeState, device: Any, gi_id: Any) -> int:
     _, gi, _ = _mig_device(node, device)
     _set_scalar(gi_id, gi.id)
     return nvml_codes.SUCCESS
 
 
 @_symbol("nvmlDeviceGetComputeInstanceId", gpu_of=_by_handle(0))
-def _mig_ci_id(lib: FakeNvmlLibrary, node: Node, device: Any, ci_id: Any) -> int:
+def _mig_ci_id(lib: FakeNvmlLibrary, node: NodeState, device: Any, ci_id: Any) -> int:
     _, _, ci = _mig_device(node, device)
     _set_scalar(ci_id, ci.id)
     return nvml_codes.SUCCESS

@@ -1,6 +1,6 @@
 """Faults set on a simulated node: what they do to a call, and how they count.
 
-Pure functions over :class:`migd.sim.state.Node`; the counters live in the node (the
+Pure functions over :class:`migd.sim.state.NodeState`; the counters live in the node (the
 STATE file), so "after N calls" counts the calls of every process sharing the node.
 
 - A *call fault* acts on calls to one C symbol (or every symbol, ``*``), optionally on
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from migd.core import nvml_codes
-from migd.sim.state import CallFault, Faults, KillFault, Node
+from migd.sim.state import CallFault, Faults, KillFault, NodeState
 from migd.sim.symbols import ANY_CALL
 
 
@@ -58,7 +58,7 @@ def effect_without_counting(faults: Faults, symbol: str, gpu: int | None) -> Eff
     return Effect(code=codes_set[0] if codes_set else None, delay_s=delay)
 
 
-def take(node: Node, symbol: str, gpu: int | None) -> tuple[Node, Effect]:
+def take(node: NodeState, symbol: str, gpu: int | None) -> tuple[NodeState, Effect]:
     """Count one call to ``symbol`` on ``gpu``; the node with new counters and the effect."""
     code: int | None = None
     delay = 0.0
@@ -76,7 +76,7 @@ def take(node: Node, symbol: str, gpu: int | None) -> tuple[Node, Effect]:
     return dataclasses.replace(node, faults=faults), Effect(code=code, delay_s=delay)
 
 
-def count_mutation(node: Node) -> tuple[Node, KillFault | None]:
+def count_mutation(node: NodeState) -> tuple[NodeState, KillFault | None]:
     """Count one mutating call for the kill fault; returns the fault if it fires now."""
     kill = node.faults.kill
     if kill is None:
@@ -94,7 +94,7 @@ def count_mutation(node: Node) -> tuple[Node, KillFault | None]:
 # ---------------------------------------------------------------------------
 
 
-def add_call_fault(node: Node, fault: CallFault) -> Node:
+def add_call_fault(node: NodeState, fault: CallFault) -> NodeState:
     if fault.gpu is not None and not 0 <= fault.gpu < len(node.gpus):
         raise ValueError(f"no GPU {fault.gpu} on this node ({len(node.gpus)} GPUs)")
     fault = dataclasses.replace(fault, seen=0)
@@ -103,21 +103,21 @@ def add_call_fault(node: Node, fault: CallFault) -> Node:
     )
 
 
-def set_kill(node: Node, at: int, after_effect: bool) -> Node:
+def set_kill(node: NodeState, at: int, after_effect: bool) -> NodeState:
     if at < 1:
         raise ValueError(f"--kill-at counts from 1, not {at}")
     kill = KillFault(at=at, after_effect=after_effect)
     return dataclasses.replace(node, faults=dataclasses.replace(node.faults, kill=kill))
 
 
-def add_lost_gpu(node: Node, index: int) -> Node:
+def add_lost_gpu(node: NodeState, index: int) -> NodeState:
     if not 0 <= index < len(node.gpus):
         raise ValueError(f"no GPU {index} on this node ({len(node.gpus)} GPUs)")
     lost = tuple(sorted({*node.faults.lost_gpus, index}))
     return dataclasses.replace(node, faults=dataclasses.replace(node.faults, lost_gpus=lost))
 
 
-def clear(node: Node) -> Node:
+def clear(node: NodeState) -> NodeState:
     return dataclasses.replace(node, faults=Faults())
 
 

@@ -50,7 +50,7 @@ from migd.core.gpu_models import CiModel, GiModel, GpuModel
 from migd.core.profiles import CI_PROFILE_INDEX_COUNT, gi_indices_with_suffix
 from migd.errors import InvalidRequest, MigdError
 from migd.formats.gpu_models import load_model
-from migd.sim.state import ComputeInstance, Flags, Gpu, GpuInstance, Node, Process
+from migd.sim.state import ComputeInstance, Flags, Gpu, GpuInstance, NodeState, Process
 
 NVML_DEVICE_ARCH_HOPPER = 9
 MAX_CIS_PER_GI = 8  # GPUMGR_MAX_COMPUTE_INSTANCES
@@ -66,7 +66,8 @@ DGX_BUS_NUMBERS = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
 
 _UUID_NAMESPACE = uuid.UUID("6f0c6f1e-4d69-4764-9b5e-73696d6e766d")
 
-Placement = tuple[int, int]
+# A (start, size) span on a placement axis, as the model tables write placements.
+Span = tuple[int, int]
 
 
 class NvmlFailure(Exception):
@@ -105,9 +106,9 @@ def mig_uuid(gpu: Gpu, gi: GpuInstance, ci: ComputeInstance) -> str:
     return f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{gpu.uuid}/{gi.serial}/{ci.serial}')}"
 
 
-def new_node(model_keys: Sequence[str], seed: str, flags: Flags) -> Node:
+def new_node(model_keys: Sequence[str], seed: str, flags: Flags) -> NodeState:
     """A node as it boots: one GPU per model key, MIG disabled, no instances."""
-    return Node(
+    return NodeState(
         gpus=tuple(
             Gpu(index=i, model=key, uuid=gpu_uuid(seed, i), bus_id=bus_id(i))
             for i, key in enumerate(model_keys)
@@ -135,7 +136,7 @@ def parse_bus_id(text: str) -> tuple[int, int, int] | None:
         return None
 
 
-def find_gpu_by_bus_id(node: Node, text: str) -> Gpu | None:
+def find_gpu_by_bus_id(node: NodeState, text: str) -> Gpu | None:
     wanted = parse_bus_id(text)
     if wanted is None:
         return None
@@ -180,7 +181,7 @@ def mig_devices(gpu: Gpu) -> list[tuple[GpuInstance, ComputeInstance]]:
 
 
 def processes_on(
-    node: Node, gpu_index: int, gi_id: int | None = None, ci_id: int | None = None
+    node: NodeState, gpu_index: int, gi_id: int | None = None, ci_id: int | None = None
 ) -> list[Process]:
     """Processes on a GPU, or on one GI of it, or on one CI of that GI."""
     return [
@@ -192,13 +193,13 @@ def processes_on(
     ]
 
 
-def replace_gpu(node: Node, gpu: Gpu) -> Node:
+def replace_gpu(node: NodeState, gpu: Gpu) -> NodeState:
     return dataclasses.replace(
         node, gpus=tuple(gpu if g.index == gpu.index else g for g in node.gpus)
     )
 
 
-def _replace_gi(node: Node, gpu: Gpu, gi: GpuInstance) -> Node:
+def _replace_gi(node: NodeState, gpu: Gpu, gi: GpuInstance) -> NodeState:
     """``node`` with ``gi`` in place of the GPU instance of ``gpu`` with its serial."""
     return replace_gpu(
         node,
@@ -208,7 +209,7 @@ def _replace_gi(node: Node, gpu: Gpu, gi: GpuInstance) -> Node:
     )
 
 
-def _gpu(node: Node, index: int) -> Gpu:
+def _gpu(node: NodeState, index: int) -> Gpu:
     if not 0 <= index < len(node.gpus):
         raise NvmlFailure(nvml_codes.INVALID_ARGUMENT, f"no GPU {index}")
     return node.gpus[index]
@@ -219,7 +220,7 @@ def _require_mig_capable(model: GpuModel) -> None:
         raise NvmlFailure(nvml_codes.NOT_SUPPORTED, f"{model.name} has no MIG")
 
 
-def _require_root(node: Node) -> None:
+def _require_root(node: NodeState) -> None:
     if not node.flags.root:
         raise NvmlFailure(nvml_codes.NO_PERMISSION, "the caller is not root")
 
@@ -229,11 +230,11 @@ def _require_root(node: Node) -> None:
 # ---------------------------------------------------------------------------
 
 
-def overlaps(a: Placement, b: Placement) -> bool:
+def overlaps(a: Span, b: Span) -> bool:
     return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
 
 
-def max_disjoint(placements: Iterable[Placement]) -> int:
+def max_disjoint(placements: Iterable[Span]) -> int:
     """How many of ``placements`` fit at once (greedy by end: optimal for intervals)."""
     count, end = 0, -1
     for start, size in sorted(placements, key=lambda p: (p[0] + p[1], p[0])):
@@ -292,7 +293,7 @@ def _gi_room(model: GpuModel, gpu: Gpu, gi_model: GiModel) -> int:
     )
 
 
-def _gi_free(gpu: Gpu, placement: Placement) -> bool:
+def _gi_free(gpu: Gpu, placement: Span) -> bool:
     return not any(overlaps(placement, (gi.start, gi.size)) for gi in gpu.gpu_instances)
 
 
@@ -308,8 +309,8 @@ def gi_remaining_capacity(model: GpuModel, gpu: Gpu, gi_model: GiModel) -> int:
 
 
 def create_gpu_instance(
-    node: Node, gpu_index: int, profile_id: int, placement: Placement | None
-) -> tuple[Node, GpuInstance]:
+    node: NodeState, gpu_index: int, profile_id: int, placement: Span | None
+) -> tuple[NodeState, GpuInstance]:
     """``nvmlDeviceCreateGpuInstance[WithPlacement]``: the node with a new GI, and the GI."""
     gpu = _gpu(node, gpu_index)
     model = model_of(gpu)
@@ -349,7 +350,7 @@ def create_gpu_instance(
     return node, gi
 
 
-def destroy_gpu_instance(node: Node, gpu_index: int, serial: int) -> Node:
+def destroy_gpu_instance(node: NodeState, gpu_index: int, serial: int) -> NodeState:
     """``nvmlGpuInstanceDestroy``: IN_USE while CIs or processes are inside."""
     gpu = _gpu(node, gpu_index)
     gi = find_gi(gpu, serial)
@@ -385,7 +386,7 @@ def _ci_room(gi: GpuInstance, gi_model: GiModel, ci_model: CiModel) -> int:
     )
 
 
-def _ci_free(gi: GpuInstance, placement: Placement) -> bool:
+def _ci_free(gi: GpuInstance, placement: Span) -> bool:
     return not any(overlaps(placement, (ci.start, ci.size)) for ci in gi.compute_instances)
 
 
@@ -397,12 +398,12 @@ def ci_remaining_capacity(gi: GpuInstance, gi_model: GiModel, ci_model: CiModel)
 
 def _default_ci_placement(
     model: GpuModel, gi: GpuInstance, gi_model: GiModel, ci_model: CiModel
-) -> Placement | None:
+) -> Span | None:
     free = sorted(p for p in ci_model.placements if _ci_free(gi, p))
     if not free or model.architecture < NVML_DEVICE_ARCH_HOPPER:
         return free[0] if free else None  # Ampere: first fit
 
-    def capacity_left(p: Placement) -> int:
+    def capacity_left(p: Span) -> int:
         trial = dataclasses.replace(
             gi,
             compute_instances=(
@@ -417,8 +418,8 @@ def _default_ci_placement(
 
 
 def create_compute_instance(
-    node: Node, gpu_index: int, gi_serial: int, profile_id: int, placement: Placement | None
-) -> tuple[Node, ComputeInstance]:
+    node: NodeState, gpu_index: int, gi_serial: int, profile_id: int, placement: Span | None
+) -> tuple[NodeState, ComputeInstance]:
     """``nvmlGpuInstanceCreateComputeInstance[WithPlacement]``."""
     gpu = _gpu(node, gpu_index)
     gi = find_gi(gpu, gi_serial)
@@ -463,7 +464,7 @@ def create_compute_instance(
     return node, ci
 
 
-def destroy_compute_instance(node: Node, gpu_index: int, serial: int) -> Node:
+def destroy_compute_instance(node: NodeState, gpu_index: int, serial: int) -> NodeState:
     """``nvmlComputeInstanceDestroy``: IN_USE while processes run on it."""
     gpu = _gpu(node, gpu_index)
     found = find_ci(gpu, serial)
@@ -484,7 +485,7 @@ def destroy_compute_instance(node: Node, gpu_index: int, serial: int) -> Node:
 # ---------------------------------------------------------------------------
 
 
-def set_mig_mode(node: Node, gpu_index: int, mode: int) -> tuple[Node, int]:
+def set_mig_mode(node: NodeState, gpu_index: int, mode: int) -> tuple[NodeState, int]:
     """``nvmlDeviceSetMigMode``: the new node and the activationStatus (a return code)."""
     gpu = _gpu(node, gpu_index)
     model = model_of(gpu)
@@ -514,7 +515,7 @@ def set_mig_mode(node: Node, gpu_index: int, mode: int) -> tuple[Node, int]:
     return replace_gpu(node, gpu), status
 
 
-def reset_gpus(node: Node, indices: Iterable[int]) -> Node:
+def reset_gpus(node: NodeState, indices: Iterable[int]) -> NodeState:
     """What ``nvidia-smi -r -i`` does: apply each pending mode, destroy every instance.
 
     All or nothing: raises :class:`ResetRefused` (and changes nothing) under VM
@@ -549,7 +550,9 @@ def reset_gpus(node: Node, indices: Iterable[int]) -> Node:
 # ---------------------------------------------------------------------------
 
 
-def add_process(node: Node, pid: int, gpu_index: int, gi_id: int | None, ci_id: int | None) -> Node:
+def add_process(
+    node: NodeState, pid: int, gpu_index: int, gi_id: int | None, ci_id: int | None
+) -> NodeState:
     """A process starts on a GPU (MIG off), or on a GI or a CI of it (MIG on)."""
     if pid <= 0:
         raise InvalidRequest(f"a pid is a positive number, not {pid}")
@@ -577,7 +580,7 @@ def add_process(node: Node, pid: int, gpu_index: int, gi_id: int | None, ci_id: 
     return dataclasses.replace(node, processes=(*node.processes, process))
 
 
-def remove_process(node: Node, pid: int) -> Node:
+def remove_process(node: NodeState, pid: int) -> NodeState:
     if not any(p.pid == pid for p in node.processes):
         raise InvalidRequest(f"no process {pid}")
     return dataclasses.replace(node, processes=tuple(p for p in node.processes if p.pid != pid))

@@ -1,6 +1,6 @@
 """The simulated node as a value, and its JSON form (the STATE file).
 
-A :class:`Node` holds everything the simulated hardware remembers: the GPUs (model,
+A :class:`NodeState` holds everything the simulated hardware remembers: the GPUs (model,
 index, UUID, PCI bus id, MIG mode current/pending), their GPU and compute instances,
 the processes running on them, how the node behaves (flags) and the faults set on it.
 Everything is frozen; :mod:`migd.sim.node` computes new values from old ones and
@@ -114,7 +114,7 @@ class Faults:
 
 
 @dataclass(frozen=True)
-class Node:
+class NodeState:
     gpus: tuple[Gpu, ...]
     processes: tuple[Process, ...] = ()
     flags: Flags = field(default_factory=Flags)
@@ -127,7 +127,7 @@ class Node:
 # ---------------------------------------------------------------------------
 
 
-def to_json(node: Node) -> dict[str, Any]:
+def to_json(node: NodeState) -> dict[str, Any]:
     """The JSON document of ``node`` (what the STATE file holds)."""
     return {
         "format": FORMAT,
@@ -201,7 +201,7 @@ def to_json(node: Node) -> dict[str, Any]:
     }
 
 
-def from_json(doc: Any) -> Node:
+def from_json(doc: Any) -> NodeState:
     """The node a STATE document describes. Raises :class:`StateError` if it is not one."""
     if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
         raise StateError(f'not a simulated node (expected "format": "{FORMAT}")')
@@ -209,7 +209,7 @@ def from_json(doc: Any) -> Node:
         flags = doc["flags"]
         faults = doc["faults"]
         kill = faults["kill"]
-        return Node(
+        return NodeState(
             gpus=tuple(
                 Gpu(
                     index=int(g["index"]),

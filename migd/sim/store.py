@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from migd.sim.state import Node, from_json, to_json
+from migd.sim.state import NodeState, from_json, to_json
 
 T = TypeVar("T")
 
@@ -39,12 +39,12 @@ _GEN = struct.Struct("<Q")
 class Transaction:
     """The node as read under the exclusive lock; :meth:`commit` writes a new one."""
 
-    def __init__(self, store: StateStore, lock_fd: int, node: Node) -> None:
+    def __init__(self, store: StateStore, lock_fd: int, node: NodeState) -> None:
         self._store = store
         self._lock_fd = lock_fd
         self.node = node
 
-    def commit(self, node: Node) -> None:
+    def commit(self, node: NodeState) -> None:
         """Write ``node`` as the new state (nothing is written if it did not change)."""
         if node != self.node:
             self._store._write(self._lock_fd, node)
@@ -58,7 +58,7 @@ class StateStore:
         self.path = os.path.abspath(os.fspath(path))
         self.lock_path = self.path + ".lock"
         self.log_path = self.path + ".calls"
-        self._cache: tuple[tuple[int, ...], Node] | None = None
+        self._cache: tuple[tuple[int, ...], NodeState] | None = None
         self._gen_fd: int | None = None
         self._log_fd: int | None = None
         self._fd_lock = threading.Lock()  # opening the kept file descriptors once
@@ -93,7 +93,7 @@ class StateStore:
     def exists(self) -> bool:
         return os.path.exists(self.path)
 
-    def read(self) -> Node:
+    def read(self) -> NodeState:
         """The current node. Raises FileNotFoundError, or StateError for a foreign file.
 
         Served from the cache while the generation and the file are unchanged (the
@@ -105,7 +105,7 @@ class StateStore:
         with self._locked(exclusive=False):
             return self._load()
 
-    def _load(self) -> Node:
+    def _load(self) -> NodeState:
         # Called with the lock held, so the key and the content belong together.
         key = self._key()
         cached = self._cache
@@ -121,7 +121,7 @@ class StateStore:
         with self._locked(exclusive=True) as lock_fd:
             return fn(Transaction(self, lock_fd, self._load()))
 
-    def create(self, node: Node) -> None:
+    def create(self, node: NodeState) -> None:
         """Write a fresh node (``migd sim init``) and start an empty call log."""
         with self._locked(exclusive=True) as lock_fd:
             self._write(lock_fd, node)
@@ -129,7 +129,7 @@ class StateStore:
             # with O_APPEND keep writing to the file ``sim stats`` reads.
             os.close(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
 
-    def _write(self, lock_fd: int, node: Node) -> None:
+    def _write(self, lock_fd: int, node: NodeState) -> None:
         data = json.dumps(to_json(node), indent=1).encode() + b"\n"
         tmp = f"{self.path}.tmp.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

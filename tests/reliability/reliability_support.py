@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from migd.commands.sim import describe
 from migd.sim import faults as sim_faults
-from migd.sim.state import CallFault, Faults, Node
+from migd.sim.state import CallFault, Faults, NodeState
 from migd.sim.store import StateStore
 from migd.sim.symbols import MUTATING
 
@@ -76,7 +76,7 @@ class SimGpu:
         return frozenset(i.serial for i in self.instances)
 
 
-def read_node(state: Path) -> Node:
+def read_node(state: Path) -> NodeState:
     store = StateStore(state)
     try:
         return store.read()
@@ -135,7 +135,7 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644, owner: int | None =
     os.replace(tmp, path)
 
 
-def change_faults(state: Path, change: Callable[[Node], Node]) -> None:
+def change_faults(state: Path, change: Callable[[NodeState], NodeState]) -> None:
     """Set faults as ``migd sim fault`` does (the same functions, the same lock)."""
     store = StateStore(state)
     try:

@@ -25,11 +25,11 @@ from migd import sim
 from migd.core import nvml_codes
 from migd.sim import fakelib, symbols
 from migd.sim import node as sim_node
-from migd.sim.state import Flags, Node
+from migd.sim.state import Flags, NodeState
 from migd.sim.store import StateStore
 
 
-def _enabled(node: Node) -> Node:
+def _enabled(node: NodeState) -> NodeState:
     return dataclasses.replace(
         node,
         gpus=tuple(dataclasses.replace(g, mig_current=1, mig_pending=1) for g in node.gpus),

@@ -10,15 +10,15 @@ import pytest
 from migd.core import nvml_codes
 from migd.sim import faults
 from migd.sim import node as sim
-from migd.sim.state import CallFault, Flags, Node, StateError, from_json, to_json
+from migd.sim.state import CallFault, Flags, NodeState, StateError, from_json, to_json
 from migd.sim.store import StateStore
 
 
-def _node(*keys: str, **flags: bool) -> Node:
+def _node(*keys: str, **flags: bool) -> NodeState:
     return sim.new_node(list(keys), seed="test", flags=Flags(**flags))
 
 
-def _enabled(node: Node) -> Node:
+def _enabled(node: NodeState) -> NodeState:
     return dataclasses.replace(
         node,
         gpus=tuple(dataclasses.replace(g, mig_current=1, mig_pending=1) for g in node.gpus),
