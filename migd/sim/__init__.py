@@ -2,7 +2,13 @@
 
 ``activate(STATE)`` makes pynvml talk to the simulated node kept in the file STATE
 (create one with ``migd sim init``). Everything else loads on first use, so importing
-this package costs nothing.
+this package costs nothing. The simulated GPUs are the GPU model tables migd ships
+(``migd.core.gpu_models``, read by ``migd.formats.gpu_models``): the simulator pretends
+to be them, ``migd validate --gpu-model`` checks configs against them.
+
+May import: ``migd.errors``, ``migd.core``, ``migd.formats`` and pynvml (it sits under
+pynvml, as libnvidia-ml does). Never the GPU side, the node, the daemon or the verbs:
+migd's own code cannot tell the simulator from a real driver.
 """
 
 from __future__ import annotations
