@@ -238,7 +238,7 @@ def describe(node: NodeState) -> dict[str, Any]:
                     {
                         "id": ci.id,
                         "profile_id": ci.profile_id,
-                        "profile": ci_model.name.removeprefix("MIG ") if ci_model else None,
+                        "profile": ci_model.short_name if ci_model else None,
                         "placement": {"start": ci.start, "size": ci.size},
                         "mig_uuid": sim.mig_uuid(gpu, gi, ci),
                     }
@@ -247,7 +247,7 @@ def describe(node: NodeState) -> dict[str, Any]:
                 {
                     "id": gi.id,
                     "profile_id": gi.profile_id,
-                    "profile": gi_model.name.removeprefix("MIG ") if gi_model else None,
+                    "profile": gi_model.short_name if gi_model else None,
                     "placement": {"start": gi.start, "size": gi.size},
                     "compute_instances": cis,
                 }

@@ -54,6 +54,11 @@ class CiModel:
     placements: tuple[tuple[int, int], ...]  # (start, size) on the GI-local compute axis
     default: bool  # the '*' row: what a CI create without a profile choice ('-C') makes
 
+    @property
+    def short_name(self) -> str:
+        """The name without the driver's "MIG " prefix (``1c.3g.71gb``)."""
+        return short_name(self.name)
+
 
 @dataclasses.dataclass(frozen=True)
 class GiModel:

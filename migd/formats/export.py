@@ -25,8 +25,8 @@ import yaml
 from migd.core.layout import GiProfile, GpuState, NodeSnapshot
 from migd.core.names import observed_layout
 from migd.core.profiles import ProfileName, ProfileNameError
+from migd.formats.config_file import CONFIG_VERSION
 
-CONFIG_VERSION = "v1"
 DEFAULT_LABEL = "current"
 
 # all-balanced per compute-slice total (mig-parted's balancedFormula): G → count.

@@ -99,10 +99,6 @@ class ReconcileResult:
         return max((g.outcome for g in self.gpus), key=lambda o: _SEVERITY[o])
 
     @property
-    def changed(self) -> bool:
-        return any(g.outcome is GpuOutcome.APPLIED for g in self.gpus)
-
-    @property
     def exit_code(self) -> int:
         return _EXIT[self.worst()]
 

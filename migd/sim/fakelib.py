@@ -38,7 +38,7 @@ import pynvml
 
 from migd.core import nvml_codes
 from migd.core.gpu_models import CiModel, GiModel, GpuModel
-from migd.core.profiles import CI_PROFILE_INDEX_COUNT
+from migd.core.profiles import CI_PROFILE_INDEX_COUNT, DRIVER_NAME_PREFIX, short_name
 from migd.sim import faults, handles
 from migd.sim import node as sim
 from migd.sim.handles import Handle, Kind
@@ -643,8 +643,8 @@ def _name(lib: FakeNvmlLibrary, node: NodeState, device: Any, buf: Any, length: 
         return _write_text(buf, length, model.name)
     gi, ci = mig
     ci_model = sim.gi_model_of(model, gi).ci_by_id(ci.profile_id)
-    profile = ci_model.name.removeprefix("MIG ") if ci_model else "?"
-    return _write_text(buf, length, f"{model.name} MIG {profile}")
+    profile = short_name(ci_model.name) if ci_model else "?"
+    return _write_text(buf, length, f"{model.name} {DRIVER_NAME_PREFIX}{profile}")
 
 
 @_symbol("nvmlDeviceGetUUID", gpu_of=_by_handle(0))

@@ -1,4 +1,5 @@
-"""GPU client units, post-change refreshes and labels around a change, with a fake systemctl.
+"""The change orchestrator: GPU client units, refreshes and labels around a change, with a
+fake systemctl.
 
 The fake is a small script that keeps each unit's state in a file and logs every call,
 so the tests see exactly which systemctl commands migd ran, in which order.

@@ -1,4 +1,4 @@
-"""The reconciler on simulated nodes: layouts, transitions, busy instances, faults, resets."""
+"""The executor on simulated nodes: layouts, transitions, busy instances, faults, resets."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def test_demo_layout_on_eight_h200_then_nothing_to_do(scratch: Path) -> None:
             (19, 2),
         ]
     second = apply_text(text, "demo")
-    assert second.exit_code == 0 and not second.changed
+    assert second.exit_code == 0
+    assert all(g.outcome is not GpuOutcome.APPLIED for g in second.gpus)
     assert {g.outcome for g in second.gpus} == {GpuOutcome.NOOP}
     assert mutating_calls(stats(state)) == 72
 
@@ -401,7 +402,8 @@ def test_mode_only_changes_the_mode_and_creates_nothing(scratch: Path) -> None:
     assert result.exit_code == 0
     node = read_node(state)
     assert [(g.mig_current, g.gpu_instances) for g in node.gpus] == [(1, ()), (1, ())]
-    assert apply_text(text, "demo", ReconcileOptions(mode_only=True)).changed is False
+    result = apply_text(text, "demo", ReconcileOptions(mode_only=True))
+    assert all(g.outcome is not GpuOutcome.APPLIED for g in result.gpus)
 
 
 @pytest.mark.parametrize("parallel", [True, False])
