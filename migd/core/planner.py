@@ -72,7 +72,7 @@ def plan_node(
     else:
         plans = _towards_layouts(snapshot, goal, force=force, mode_only=mode_only)
     planned = {p.index for p in plans}
-    for gpu in snapshot.gpus:
+    for gpu in sorted(snapshot.gpus, key=lambda g: g.index):
         if gpu.index in planned:
             continue
         if not gpu.readable:
