@@ -79,6 +79,12 @@ MIG_MANAGER_FILES = {
     "etc/nvidia-mig-manager/config.yaml": MIG_MANAGER_CONFIG,
 }
 EXECUTABLE = ("DEBIAN/postinst", "DEBIAN/prerm", "usr/bin/nvidia-mig-parted")
+TAKE_OVER = "/etc/systemd/system/migd.service.d/nvidia-mig-manager.conf"
+TAKE_OVER_DROP_IN = """\
+[Service]
+Environment=MIGD_CONFIG_FILE=/etc/nvidia-mig-manager/config.yaml
+Environment=MIG_PARTED_SELECTED_CONFIG=all-balanced
+"""
 
 
 class Node:
@@ -272,3 +278,12 @@ def test_installing_migd_takes_over_from_nvidia_mig_manager(node: Node) -> None:
         "--gpu-model", "H200",
     )  # fmt: skip
     assert "valid, 2 mig-configs" in checked
+
+    # The switch-over packaging/README.md describes: a drop-in runs migd on that file
+    # with the config nvidia-mig-manager selected.
+    node.systemd.inside(TAKE_OVER).parent.mkdir(parents=True, exist_ok=True)
+    node.systemd.inside(TAKE_OVER).write_text(TAKE_OVER_DROP_IN)
+    node.must("systemctl", "daemon-reload")
+    node.must("systemctl", "restart", "migd")
+    node.wait_ready("all-balanced")
+    assert all(held == BALANCED for held in layouts(node.state).values())
