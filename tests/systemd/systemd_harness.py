@@ -119,7 +119,9 @@ def _below(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def boot_script(units: Path, keep: Iterable[str], *, overlay_root: bool = False) -> str:
+def boot_script(
+    units: Path, keep: Iterable[str], *, overlay_root: bool = False, lower: str = "/"
+) -> str:
     """The script that prepares the namespace and execs systemd (run by unshare)."""
     keep = sorted({os.path.realpath(p) for p in keep})
     lines = [
@@ -133,10 +135,15 @@ def boot_script(units: Path, keep: Iterable[str], *, overlay_root: bool = False)
     if overlay_root:
         root, hidden = f"{HOLD}/root", HIDDEN_ON_OVERLAY
         lines += [
-            "# The new root: the machine's root filesystem under a tmpfs that takes every write.",
+            "# The new root: the machine's root filesystem (or `lower`) under a tmpfs that",
+            "# takes every write.",
             f"mkdir {HOLD}/upper {HOLD}/work {root}",
-            f"mount -t overlay migd-test-root -o lowerdir={HOLD}/old,upperdir={HOLD}/upper,"
-            f"workdir={HOLD}/work {root}",
+            "mount -t overlay migd-test-root -o "
+            + shlex.quote(
+                f"lowerdir={HOLD}/old{os.path.realpath(lower).rstrip('/')},"
+                f"upperdir={HOLD}/upper,workdir={HOLD}/work"
+            )
+            + f" {root}",
             f"mount -t proc proc {root}/proc",
             f"mount --rbind /sys {root}/sys",
             f"mount --rbind /dev {root}/dev",
@@ -184,7 +191,9 @@ class Systemd:
     ``keep``: paths of the machine the namespace must see as they are (and share with
     the test). ``overlay_root``: boot on a writable overlay of the machine's root
     (see the module docstring), for tests that install packages or otherwise write
-    where a test must never write on the machine itself.
+    where a test must never write on the machine itself; ``lower``: the root
+    filesystem under that overlay, the machine's by default, or a directory holding
+    another system (one made by debootstrap, say) with systemd installed in it.
     """
 
     def __init__(
@@ -194,7 +203,10 @@ class Systemd:
         keep: Iterable[str] = (),
         *,
         overlay_root: bool = False,
+        lower: str = "/",
     ) -> None:
+        if lower != "/" and not overlay_root:
+            raise ValueError("lower= is the root under an overlay: it needs overlay_root=True")
         self.directory = directory
         self.overlay_root = overlay_root
         self.units = directory / "units"
@@ -212,7 +224,7 @@ class Systemd:
         journal.write_text("[Unit]\nWants=systemd-journald.service\n")
         self.script = directory / "boot.sh"
         self.script.write_text(
-            boot_script(self.units, [*keep, str(directory)], overlay_root=overlay_root)
+            boot_script(self.units, [*keep, str(directory)], overlay_root=overlay_root, lower=lower)
         )
         self.console = directory / "console.log"
         self._unshare: subprocess.Popen[bytes] | None = None
