@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-# The package tests use the systemd harness (tests/systemd) and this folder's support.
+# The package tests use this folder's support, the systemd harness (tests/systemd) and
+# the simulator's call counts (tests/reliability).
 HERE = Path(__file__).resolve().parent
-for path in (HERE, HERE.parent / "systemd"):
+for path in (HERE, HERE.parent / "systemd", HERE.parent / "reliability"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 from daemon_support import migd, sim
 from paths import REPO
+from reliability_support import mutating_calls
 
 from migd.sim.models import load_model, model_names
 from migd.sim.store import StateStore
-from migd.sim.symbols import MUTATING
 
 DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
 MODELS = sorted({load_model(name).key for name in model_names()})
-
-
-def mutating_calls(store: StateStore) -> int:
-    stats = store.stats()
-    return sum(sum(stats.get(symbol, {}).values()) for symbol in MUTATING)
 
 
 def test_every_simulated_model_is_checked() -> None:
@@ -54,7 +49,7 @@ def test_the_default_config_plans_and_applies_no_change_on_any_model(
     before = store.read()
     assert any(g.gpu_instances for g in before.gpus)
     assert any(g.mig_current and not g.gpu_instances for g in before.gpus)
-    calls_before = mutating_calls(store)
+    calls_before = mutating_calls(state)
 
     planned = migd("--simulate", str(state), "plan", "-f", str(DEFAULT_CONFIG), "--json")
     assert planned.returncode == 0, planned.stderr
@@ -64,5 +59,5 @@ def test_the_default_config_plans_and_applies_no_change_on_any_model(
     asserted = migd("--simulate", str(state), "assert", "-f", str(DEFAULT_CONFIG))
     assert asserted.returncode == 0, asserted.stderr
 
-    assert mutating_calls(store) == calls_before
+    assert mutating_calls(state) == calls_before
     assert store.read() == before

@@ -14,12 +14,12 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from daemon_support import BALANCED, layouts, sim, wait_for
 from package_support import Built
+from reliability_support import mutating_calls
 from systemd_harness import Systemd, requires_systemd, scratch_directory
 
-from migd.sim.store import StateStore
-from migd.sim.symbols import MUTATING
 from migd.unit import needs_home
 
 pytestmark = requires_systemd(overlay_root=True)
@@ -36,20 +36,15 @@ ReadWritePaths={state_dir}
 
 # A stand-in for NVIDIA's nvidia-mig-manager package: its unit applies the selected
 # config at boot; it owns /usr/bin/nvidia-mig-parted and /etc/nvidia-mig-manager.
-MIG_MANAGER_CONFIG = """\
-version: v1
-mig-configs:
-  all-disabled:
-    - devices: all
-      mig-enabled: false
-  all-balanced:
-    - devices: all
-      mig-enabled: true
-      mig-devices:
-        "1g.18gb": 2
-        "2g.35gb": 1
-        "3g.71gb": 1
-"""
+MIG_MANAGER_CONFIG = yaml.safe_dump(
+    {
+        "version": "v1",
+        "mig-configs": {
+            "all-disabled": [{"devices": "all", "mig-enabled": False}],
+            "all-balanced": [{"devices": "all", "mig-enabled": True, "mig-devices": BALANCED}],
+        },
+    }
+)
 MIG_MANAGER_UNIT = """\
 [Unit]
 Description=stand-in for NVIDIA's nvidia-mig-manager
@@ -106,7 +101,6 @@ class Node:
         self.systemd = Systemd(
             self.directory, {"migd.service.d/simulate.conf": drop_in}, overlay_root=True
         )
-        self.store = StateStore(self.state)
 
     def boot(self) -> Node:
         self.systemd.boot()
@@ -116,7 +110,6 @@ class Node:
         return self
 
     def close(self) -> None:
-        self.store.close()
         self.systemd.close()
 
     def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -146,8 +139,7 @@ class Node:
         wait_for(ready, f"migd active and ready with {selected}", timeout=60, interval=0.2)
 
     def mutating_calls(self) -> int:
-        stats = self.store.stats()
-        return sum(sum(stats.get(symbol, {}).values()) for symbol in MUTATING)
+        return mutating_calls(self.state)
 
     def package_status(self, package: str) -> str:
         return self.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}", package).stdout.strip()
