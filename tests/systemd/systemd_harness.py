@@ -20,6 +20,17 @@ setup touch nothing outside. Paths the test needs that would be hidden by those 
 checkout below /tmp, say) are bound back in from a view of the old root, and into the
 namespace of every service with its own private /tmp (``BindPaths=`` in a drop-in).
 
+With ``overlay_root=True`` the namespace gets instead a root of its own: an overlay
+whose lower layer is the machine's root filesystem and whose upper layer is a tmpfs
+inside the namespace, made the namespace's root with pivot_root. Everything under it is
+writable, and every write lands in the upper layer: ``dpkg -i``, ``apt-get remove`` and
+``systemctl enable`` run against the machine's own dpkg database, /usr and /etc as
+they are, yet change none of them. /var/lib and /var/cache then stay as they are (dpkg
+and apt need them); the other scratch directories are fresh tmpfs as above. Paths in
+``keep`` (and the test's directory) are bound in from the machine, so files written
+there are shared with the test: that is how a test hands a .deb in or reads a state
+file out.
+
 The harness talks to that systemd with ``nsenter -t PID -m -p systemctl …`` and ends
 it with SIGKILL to its PID, which ends everything in the namespace.
 """
@@ -47,6 +58,8 @@ MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
 TARGET = "migd-test.target"
 # Mounted over before systemd starts (see the module docstring).
 HIDDEN = ("/tmp", "/var/tmp", "/run", "/var/lib", "/var/log", "/var/cache", "/etc/systemd/system")
+# The same on an overlay root, where dpkg and apt need /var/lib and /var/cache as they are.
+HIDDEN_ON_OVERLAY = tuple(d for d in HIDDEN if d not in ("/var/lib", "/var/cache"))
 # Where the boot script keeps its view of the old root; must exist and not be needed.
 HOLD = "/mnt"
 # Units masked in the namespace: they would act on the machine's kernel or devices.
@@ -74,10 +87,30 @@ def unavailable() -> str | None:
     return None
 
 
-def requires_systemd() -> list[pytest.MarkDecorator]:
-    """The marks of a test module that boots a real systemd: skipped, with the reason,
-    where that cannot be done here."""
+def overlay_unavailable() -> str | None:
+    """Why a namespace cannot boot on an overlay root here, or None when it can."""
     reason = unavailable()
+    if reason is not None:
+        return reason
+    if not shutil.which("pivot_root"):
+        return "needs pivot_root (Debian package util-linux)"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-ec",
+         f"mount -t tmpfs migd-probe {HOLD}; cd {HOLD}; mkdir l u w r; "
+         "mount -t overlay migd-probe -o lowerdir=l,upperdir=u,workdir=w r"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        return f"overlayfs cannot be mounted here: {probe.stderr.strip()}"
+    return None
+
+
+def requires_systemd(*, overlay_root: bool = False) -> list[pytest.MarkDecorator]:
+    """The marks of a test module that boots a real systemd (on an overlay root, with
+    ``overlay_root``): skipped, with the reason, where that cannot be done here."""
+    reason = overlay_unavailable() if overlay_root else unavailable()
     return [
         pytest.mark.systemd,
         pytest.mark.skipif(reason is not None, reason=f"real systemd: {reason}"),
@@ -97,7 +130,9 @@ def below_private_tmp(paths: Iterable[str]) -> list[str]:
     return sorted(p for p in hidden if not any(p != q and _below(p, q) for q in hidden))
 
 
-def boot_script(units: Path, keep: Iterable[str]) -> str:
+def boot_script(
+    units: Path, keep: Iterable[str], *, overlay_root: bool = False, lower: str = "/"
+) -> str:
     """The script that prepares the namespace and execs systemd (run by unshare)."""
     keep = sorted({os.path.realpath(p) for p in keep})
     lines = [
@@ -105,36 +140,86 @@ def boot_script(units: Path, keep: Iterable[str]) -> str:
         "set -eu",
         "# A view of the old root, to copy /etc from and to bind needed paths back.",
         f"mount -t tmpfs -o mode=0755 migd-test {HOLD}",
-        f"mkdir {HOLD}/old {HOLD}/etc",
+        f"mkdir {HOLD}/old",
         f"mount --rbind / {HOLD}/old",
-        f"cp -a /etc/. {HOLD}/etc/",
-        f"mount --bind {HOLD}/etc /etc",
     ]
-    lines += [f"mount -t tmpfs tmpfs {d}" for d in HIDDEN]
-    lines.append('for d in /lib/systemd/system/*.wants; do mount -t tmpfs tmpfs "$d"; done')
+    if overlay_root:
+        root, hidden = f"{HOLD}/root", HIDDEN_ON_OVERLAY
+        lines += [
+            "# The new root: the machine's root filesystem (or `lower`) under a tmpfs that",
+            "# takes every write.",
+            f"mkdir {HOLD}/upper {HOLD}/work {root}",
+            "mount -t overlay migd-test-root -o "
+            + shlex.quote(
+                f"lowerdir={HOLD}/old{os.path.realpath(lower).rstrip('/')},"
+                f"upperdir={HOLD}/upper,workdir={HOLD}/work"
+            )
+            + f" {root}",
+            f"mount -t proc proc {root}/proc",
+            f"mount --rbind /sys {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+        ]
+    else:
+        root, hidden = "", HIDDEN
+        lines += [
+            f"mkdir {HOLD}/etc",
+            f"cp -a /etc/. {HOLD}/etc/",
+            f"mount --bind {HOLD}/etc /etc",
+        ]
+    lines += [f"mount -t tmpfs tmpfs {root}{d}" for d in hidden]
+    lines.append(f'for d in {root}/lib/systemd/system/*.wants; do mount -t tmpfs tmpfs "$d"; done')
     for path in keep:
-        if any(_below(path, d) for d in HIDDEN):
-            q = shlex.quote(path)
+        if overlay_root or any(_below(path, d) for d in hidden):
+            q = shlex.quote(root + path)
             lines.append(f"mkdir -p {q} && mount --bind {shlex.quote(HOLD + '/old' + path)} {q}")
     lines += [
-        f"cp -a {shlex.quote(HOLD + '/old' + str(units))}/. /etc/systemd/system/",
+        f"cp -a {shlex.quote(HOLD + '/old' + str(units))}/. {root}/etc/systemd/system/",
         "# PID 1 writes nothing on the machine's console (not a tty: its output is dropped",
         "# until journald runs), and journald does not read the machine's kernel log.",
-        "mount --bind /dev/null /dev/console",
-        "mkdir -p /etc/systemd/journald.conf.d",
-        "printf '[Journal]\\nReadKMsg=no\\n' > /etc/systemd/journald.conf.d/migd-test.conf",
+        f"mount --bind /dev/null {root}/dev/console",
+        f"mkdir -p {root}/etc/systemd/journald.conf.d",
+        f"printf '[Journal]\\nReadKMsg=no\\n' > {root}/etc/systemd/journald.conf.d/migd-test.conf",
         "# Never boot on the machine's own scratch directories.",
-        *(f"mountpoint -q {d}" for d in HIDDEN),
-        f"exec {SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no",
+        *(f"mountpoint -q {root}{d}" for d in hidden),
     ]
+    if overlay_root:
+        lines += [
+            "# The overlay becomes / (the old root, with the tmpfs holding the upper layer,",
+            "# goes below it and is then detached), so nsenter -m lands in it too.",
+            f"cd {root}",
+            f"pivot_root . .{HOLD}",
+            f"umount -l {HOLD}",
+            "cd /",
+            f"mountpoint -q / && ! mountpoint -q {HOLD}",
+        ]
+    lines.append(f"exec {SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no")
     return "\n".join(lines) + "\n"
 
 
 class Systemd:
-    """One booted systemd; ``units`` (file name → text) are installed before it boots."""
+    """One booted systemd; ``units`` (file name → text) are installed before it boots.
 
-    def __init__(self, directory: Path, units: Mapping[str, str], keep: Iterable[str] = ()) -> None:
+    ``keep``: paths of the machine the namespace must see as they are (and share with
+    the test). ``overlay_root``: boot on a writable overlay of the machine's root
+    (see the module docstring), for tests that install packages or otherwise write
+    where a test must never write on the machine itself; ``lower``: the root
+    filesystem under that overlay, the machine's by default, or a directory holding
+    another system (one made by debootstrap, say) with systemd installed in it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        units: Mapping[str, str],
+        keep: Iterable[str] = (),
+        *,
+        overlay_root: bool = False,
+        lower: str = "/",
+    ) -> None:
+        if lower != "/" and not overlay_root:
+            raise ValueError("lower= is the root under an overlay: it needs overlay_root=True")
         self.directory = directory
+        self.overlay_root = overlay_root
         self.units = directory / "units"
         self.units.mkdir(parents=True)
         target = units.get(TARGET) or self._target(units)
@@ -151,7 +236,9 @@ class Systemd:
         journal.parent.mkdir(exist_ok=True)
         journal.write_text("[Unit]\nWants=systemd-journald.service\n")
         self.script = directory / "boot.sh"
-        self.script.write_text(boot_script(self.units, [*keep, str(directory)]))
+        self.script.write_text(
+            boot_script(self.units, [*keep, str(directory)], overlay_root=overlay_root, lower=lower)
+        )
         self.console = directory / "console.log"
         self._unshare: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
@@ -223,6 +310,12 @@ class Systemd:
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.systemctl("show", unit, *(f"--property={p}" for p in props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def inside(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` as the namespace sees it, for reading from the test (through
+        /proc/PID/root: on an overlay root, the overlay)."""
+        assert self.pid is not None
+        return Path(f"/proc/{self.pid}/root") / os.fspath(path).lstrip("/")
 
     def journal(self, *args: str) -> str:
         return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
