@@ -9,6 +9,7 @@ from here, when the run ends.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
@@ -27,6 +28,11 @@ DOCUMENTATION = """
 """
 
 _COLUMNS = ("node", "result", "config", "GPUs in sync", "rebooted", "detail")
+
+
+def _natural(name: str) -> list[Any]:
+    """gpu2 before gpu10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _host(result: Any) -> str:
@@ -51,7 +57,7 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._nodes: list[str] = []  # in the order the run first met them
+        self._nodes: list[str] = []
         self._lines: dict[str, dict[str, Any]] = {}
         self._failures: dict[str, str] = {}
 
@@ -85,7 +91,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats: Any) -> None:
         if not self._nodes:
             return
-        rows = [self._row(host) for host in self._nodes]
+        rows = [self._row(host) for host in sorted(self._nodes, key=_natural)]
         widths = [max(len(str(r[i])) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
         self._display.banner("MIGD ROLL-OUT SUMMARY")
         for row in [_COLUMNS, *rows]:
