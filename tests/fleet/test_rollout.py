@@ -284,14 +284,22 @@ def test_a_relayout_stops_at_the_first_node_that_does_not_take_it(fleet: Fleet) 
 
 
 def test_a_node_is_rebooted_at_most_once_for_a_layout(fleet: Fleet) -> None:
-    """A reboot that does not activate the MIG mode change (it needs a power cycle, say):
-    one reboot, then the roll-out fails instead of rebooting again, on this run and the
-    next."""
+    """Turning MIG off on the passthrough node needs a reboot. Not allowed: the node fails
+    and says how to allow it. Allowed, with a reboot that does not activate the change (it
+    needs a power cycle, say): one reboot, then the roll-out fails instead of rebooting
+    again, on this run and the next."""
     gpu03 = fleet["gpu03"]
     gpu03.reboot_activates = False
     reboots = gpu03.reboots
     limit = ("--limit", "gpu03")
     disable = inventory(fleet, "all-1g", "all-1g", own={"gpu03": "all-disabled"})
+
+    forbidden = fleet.playbook(disable, *limit, "-e", '{"migd_reboot": false}')
+    assert forbidden.returncode != 0
+    assert "gpu03: a reboot is needed to change the MIG mode: set migd_reboot: true" in (
+        forbidden.output
+    )
+    assert gpu03.reboots == reboots
 
     first = fleet.playbook(disable, *limit)
     assert first.returncode != 0
