@@ -31,6 +31,22 @@ and apt need them); the other scratch directories are fresh tmpfs as above. Path
 there are shared with the test: that is how a test hands a .deb in or reads a state
 file out.
 
+With ``disk=DIR`` as well, the namespace is a machine that keeps its disk: the upper
+layer lives in DIR on the machine instead of a tmpfs, so packages installed, /etc and
+/var survive when it boots again (``boot()`` once more after it went down);
+/etc/systemd/system is part of that disk too (an overlay-opaque directory, so the
+machine's own enabled units never show through), and the test's units are copied into it
+at every boot. Its systemd runs with ``container=`` set, as under a container manager,
+so that a clean shutdown or reboot only ends the namespace: systemd-shutdown otherwise
+deactivates swap and detaches loop and DM devices, all of which belong to the machine.
+A ``reboot`` inside ends the namespace's PID 1 with SIGHUP (the kernel's answer to
+reboot(2) in a PID namespace), which :meth:`Systemd.wait_down` reports as ``"reboot"``.
+
+``private_network=False`` keeps the machine's network namespace instead of a new one,
+for services that must be reached from outside the namespace (an sshd bound to its own
+loopback address, 127.0.0.N): everything that listens in it must then bind an address
+and port of the test's own.
+
 The harness talks to that systemd with ``nsenter -t PID -m -p systemctl …`` and ends
 it with SIGKILL to its PID, which ends everything in the namespace.
 """
@@ -131,7 +147,12 @@ def below_private_tmp(paths: Iterable[str]) -> list[str]:
 
 
 def boot_script(
-    units: Path, keep: Iterable[str], *, overlay_root: bool = False, lower: str = "/"
+    units: Path,
+    keep: Iterable[str],
+    *,
+    overlay_root: bool = False,
+    lower: str = "/",
+    disk: Path | None = None,
 ) -> str:
     """The script that prepares the namespace and execs systemd (run by unshare)."""
     keep = sorted({os.path.realpath(p) for p in keep})
@@ -145,14 +166,27 @@ def boot_script(
     ]
     if overlay_root:
         root, hidden = f"{HOLD}/root", HIDDEN_ON_OVERLAY
+        if disk is None:
+            upper, work = f"{HOLD}/upper", f"{HOLD}/work"
+            lines += [
+                "# The new root: the machine's root filesystem (or `lower`) under a tmpfs",
+                "# that takes every write.",
+                f"mkdir {upper} {work} {root}",
+            ]
+        else:
+            hidden = tuple(d for d in hidden if d != "/etc/systemd/system")
+            where = f"{HOLD}/old{os.path.realpath(disk)}"
+            upper, work = f"{where}/upper", f"{where}/work"
+            lines += [
+                "# The new root: the machine's root filesystem (or `lower`) under the",
+                "# namespace's own disk, which takes every write and outlives this boot.",
+                f"mkdir {root}",
+            ]
         lines += [
-            "# The new root: the machine's root filesystem (or `lower`) under a tmpfs that",
-            "# takes every write.",
-            f"mkdir {HOLD}/upper {HOLD}/work {root}",
             "mount -t overlay migd-test-root -o "
             + shlex.quote(
                 f"lowerdir={HOLD}/old{os.path.realpath(lower).rstrip('/')},"
-                f"upperdir={HOLD}/upper,workdir={HOLD}/work"
+                f"upperdir={upper},workdir={work}"
             )
             + f" {root}",
             f"mount -t proc proc {root}/proc",
@@ -173,7 +207,8 @@ def boot_script(
             q = shlex.quote(root + path)
             lines.append(f"mkdir -p {q} && mount --bind {shlex.quote(HOLD + '/old' + path)} {q}")
     lines += [
-        f"cp -a {shlex.quote(HOLD + '/old' + str(units))}/. {root}/etc/systemd/system/",
+        f"cp -a --remove-destination {shlex.quote(HOLD + '/old' + str(units))}/."
+        f" {root}/etc/systemd/system/",
         "# PID 1 writes nothing on the machine's console (not a tty: its output is dropped",
         "# until journald runs), and journald does not read the machine's kernel log.",
         f"mount --bind /dev/null {root}/dev/console",
@@ -192,7 +227,19 @@ def boot_script(
             "cd /",
             f"mountpoint -q / && ! mountpoint -q {HOLD}",
         ]
-    lines.append(f"exec {SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no")
+    lines += [
+        "# PID 1 raises kernel settings as it boots (net.unix.max_dgram_qlen, fs.file-max,",
+        "# fs.nr_open): the machine's own, or its network namespace's when the namespace",
+        "# shares it. /proc/sys is read-only here, as systemd-nspawn gives a container.",
+        "mount --bind /proc/sys /proc/sys",
+        "mount -o remount,bind,ro /proc/sys",
+    ]
+    # A namespace that keeps its disk may shut itself down (a reboot): as in a container,
+    # its systemd-shutdown then leaves the machine's swap, loop and DM devices alone.
+    container = "env container=migd-test " if disk is not None else ""
+    lines.append(
+        f"exec {container}{SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +251,10 @@ class Systemd:
     (see the module docstring), for tests that install packages or otherwise write
     where a test must never write on the machine itself; ``lower``: the root
     filesystem under that overlay, the machine's by default, or a directory holding
-    another system (one made by debootstrap, say) with systemd installed in it.
+    another system (one made by debootstrap, say) with systemd installed in it. ``disk``:
+    a directory that holds the overlay's upper layer across boots (see the module
+    docstring; it needs ``overlay_root``). ``private_network``: a network namespace of its
+    own (the default), or the machine's.
     """
 
     def __init__(
@@ -215,11 +265,18 @@ class Systemd:
         *,
         overlay_root: bool = False,
         lower: str = "/",
+        disk: Path | None = None,
+        private_network: bool = True,
     ) -> None:
         if lower != "/" and not overlay_root:
             raise ValueError("lower= is the root under an overlay: it needs overlay_root=True")
+        if disk is not None and not overlay_root:
+            raise ValueError("disk= holds an overlay's upper layer: it needs overlay_root=True")
         self.directory = directory
         self.overlay_root = overlay_root
+        self.private_network = private_network
+        if disk is not None:
+            _new_disk(disk)
         self.units = directory / "units"
         self.units.mkdir(parents=True)
         target = units.get(TARGET) or self._target(units)
@@ -237,7 +294,13 @@ class Systemd:
         journal.write_text("[Unit]\nWants=systemd-journald.service\n")
         self.script = directory / "boot.sh"
         self.script.write_text(
-            boot_script(self.units, [*keep, str(directory)], overlay_root=overlay_root, lower=lower)
+            boot_script(
+                self.units,
+                [*keep, str(directory)],
+                overlay_root=overlay_root,
+                lower=lower,
+                disk=disk,
+            )
         )
         self.console = directory / "console.log"
         self._unshare: subprocess.Popen[bytes] | None = None
@@ -259,10 +322,16 @@ class Systemd:
         return f"[Unit]\nDescription=migd test\nWants=systemd-journald-dev-log.socket {wanted}\n"
 
     def boot(self, timeout: float = 30.0) -> Systemd:
-        with open(self.console, "wb") as console:
+        """Boot (or, once the namespace went down, boot again) and wait until systemd
+        has started its target."""
+        if self._unshare is not None and self._unshare.poll() is None:
+            raise RuntimeError(f"{self.directory.name} is still up")
+        self.pid = None
+        network = ["--net"] if self.private_network else []
+        with open(self.console, "ab") as console:
             self._unshare = subprocess.Popen(
                 ["unshare", "--fork", "--pid", "--mount", "--mount-proc",
-                 "--propagation", "private", "--uts", "--ipc", "--net",
+                 "--propagation", "private", "--uts", "--ipc", *network,
                  "/bin/sh", str(self.script)],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
@@ -291,6 +360,19 @@ class Systemd:
                     f"systemd did not boot (state {state!r}): {self.console.read_text()}"
                 )
             time.sleep(0.1)
+
+    def wait_down(self, timeout: float | None = None) -> str | None:
+        """How the namespace went down: ``"reboot"`` (its systemd rebooted), ``"poweroff"``
+        (powered off or halted) or ``"ended"`` (killed, say); None while it is still up
+        after ``timeout`` seconds."""
+        assert self._unshare is not None
+        try:
+            code = self._unshare.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        # unshare ends itself with the signal that ended the namespace's PID 1, and the
+        # kernel ends that PID 1 with SIGHUP for a reboot, SIGINT for a power-off or halt.
+        return {-signal.SIGHUP: "reboot", -signal.SIGINT: "poweroff"}.get(code, "ended")
 
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A command inside the namespace."""
@@ -339,6 +421,15 @@ class Systemd:
             except subprocess.TimeoutExpired:
                 os.killpg(self._unshare.pid, signal.SIGKILL)
                 self._unshare.wait()
+
+
+def _new_disk(disk: Path) -> None:
+    """An empty disk for an overlay root: its upper and work directories, and an
+    /etc/systemd/system of its own (opaque: the machine's enabled units stay below it)."""
+    units = disk / "upper" / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    (disk / "work").mkdir()
+    os.setxattr(units, "trusted.overlay.opaque", b"y")
 
 
 def scratch_directory(name: str) -> Path:
