@@ -39,9 +39,7 @@ import yaml
 from daemon_support import clean_environ, sim
 from paths import REPO
 from reliability_support import mutating_calls
-from systemd_harness import Systemd
-
-from migd.unit import needs_home
+from systemd_harness import Systemd, simulated_node_drop_in
 
 ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
@@ -88,12 +86,6 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 # Every login talks to this node's simulated GPUs, as the daemon does.
 SetEnv MIGD_SIMULATE={state}
 """
-
-SIMULATE = """\
-[Service]
-Environment=MIGD_SIMULATE={state}
-ReadWritePaths={state_dir}
-{protect_home}"""
 
 
 def unavailable() -> str | None:
@@ -161,15 +153,12 @@ class Host:
                 state=self.state,
             )
         )
-        protect = "ProtectHome=read-only\n" if needs_home([str(self.state)]) else ""
         units = {
             "migd-test.target": TARGET,
             "migd-test-sshd.service": SSHD_UNIT.format(
                 address=self.address, port=self.ssh_port, sshd=SSHD, config=config
             ),
-            "migd.service.d/simulate.conf": SIMULATE.format(
-                state=self.state, state_dir=node, protect_home=protect
-            ),
+            "migd.service.d/simulate.conf": simulated_node_drop_in(self.state, node),
         }
         self.systemd = Systemd(
             directory, units, overlay_root=True, disk=directory / "disk", private_network=False

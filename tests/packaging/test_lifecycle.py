@@ -18,20 +18,15 @@ import yaml
 from daemon_support import BALANCED, layouts, sim, wait_for
 from package_support import Built
 from reliability_support import mutating_calls
-from systemd_harness import Systemd, requires_systemd, scratch_directory
-
-from migd.unit import needs_home
+from systemd_harness import Systemd, requires_systemd, scratch_directory, simulated_node_drop_in
 
 pytestmark = requires_systemd(overlay_root=True)
 
 # Points the packaged unit at the simulated node (as `migd install-unit --simulate`
 # does), and records, each time the daemon stops, which migd package dpkg then holds:
 # a restart on upgrade must come after the new files are in place.
-SIMULATE = """\
-[Service]
-Environment=MIGD_SIMULATE={state}
-ReadWritePaths={state_dir}
-{protect_home}ExecStopPost=+/bin/sh -c "dpkg-query -W -f='$${{Version}}\\\\n' migd >> {stops}"
+RECORD_STOPS = """\
+ExecStopPost=+/bin/sh -c "dpkg-query -W -f='$${{Version}}\\\\n' migd >> {stops}"
 """
 
 # A stand-in for NVIDIA's nvidia-mig-manager package: its unit applies the selected
@@ -94,9 +89,8 @@ class Node:
             shutil.copy2(deb, self.directory / deb.name)
         self.first = self.directory / built.first.name
         self.newer = self.directory / built.newer.name
-        protect = "ProtectHome=read-only\n" if needs_home([str(self.state)]) else ""
-        drop_in = SIMULATE.format(
-            state=self.state, state_dir=self.directory, stops=self.stops, protect_home=protect
+        drop_in = simulated_node_drop_in(self.state, self.directory) + RECORD_STOPS.format(
+            stops=self.stops
         )
         self.systemd = Systemd(
             self.directory, {"migd.service.d/simulate.conf": drop_in}, overlay_root=True

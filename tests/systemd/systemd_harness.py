@@ -69,6 +69,8 @@ from pathlib import Path
 import pytest
 from paths import REPO
 
+from migd.unit import needs_home
+
 SYSTEMD = "/lib/systemd/systemd"
 MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
 TARGET = "migd-test.target"
@@ -144,6 +146,19 @@ def below_private_tmp(paths: Iterable[str]) -> list[str]:
     """Those of ``paths`` that a unit's PrivateTmp= hides, without the ones inside another."""
     hidden = {p for p in map(os.path.realpath, paths) if _below(p, "/tmp") or _below(p, "/var/tmp")}
     return sorted(p for p in hidden if not any(p != q and _below(p, q) for q in hidden))
+
+
+def simulated_node_drop_in(state: Path, writable: Path) -> str:
+    """A drop-in for a packaged migd.service that points it at the simulated node in
+    ``state``, as ``migd install-unit --simulate`` does: ``writable`` (the node's
+    directory) may be written, and is seen through ProtectHome= and PrivateTmp=."""
+    lines = ["[Service]", f"Environment=MIGD_SIMULATE={state}", f"ReadWritePaths={writable}"]
+    if needs_home([str(state)]):
+        lines.append("ProtectHome=read-only")
+    hidden = below_private_tmp([str(writable)])
+    if hidden:
+        lines.append(f"BindPaths={' '.join(hidden)}")
+    return "\n".join(lines) + "\n"
 
 
 def boot_script(
