@@ -399,7 +399,9 @@ def test_failed_reconcile_is_retried_with_backoff_until_it_succeeds(tmp_path: Pa
 
 
 def test_status_shows_each_gpu_and_a_blocked_one(tmp_path: Path) -> None:
-    with running(tmp_path, config_text()) as daemon:
+    # No retry within the test: the status it reads twice must be the same one.
+    no_retry = {"retry_initial": "10m", "retry_max": "10m"}
+    with running(tmp_path, config_text(**no_retry)) as daemon:
         daemon.ready()
         proc = daemon.status("--json")
         assert proc.returncode == 0, proc.stderr
@@ -422,7 +424,7 @@ def test_status_shows_each_gpu_and_a_blocked_one(tmp_path: Path) -> None:
             "4242",
         )
 
-        _edit_in_place(daemon.config, config_text("small"))
+        _edit_in_place(daemon.config, config_text("small", **no_retry))
         proc = daemon.reload()
         assert proc.returncode == 3, proc  # blocked by running processes
         assert "4242" in proc.stderr

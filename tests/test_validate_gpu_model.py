@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from paths import anchor
+from paths import REPO, anchor
 from test_validate_cli import assert_no_traceback, assert_valid, validate
 
 
@@ -30,9 +30,14 @@ def test_default_config_fits_every_common_model(model: str, name: str) -> None:
     assert_valid(validate("-f", "configs/config.yaml", "-c", name, "--gpu-model", model))
 
 
-def test_default_config_says_where_a_layout_does_not_exist() -> None:
-    """all-3g is for 8-slice GPUs: on an A30, which has no 3-slice profile, it is refused."""
-    result = validate("-f", "configs/config.yaml", "--gpu-model", "A30")
+def test_default_config_says_where_a_layout_does_not_exist(tmp_path: Path) -> None:
+    """all-3g is for 8-slice GPUs: on an A30, which has no 3-slice profile, it is refused.
+    (Every config is judged when none is selected; the shipped file selects one.)"""
+    text = (REPO / "configs" / "config.yaml").read_text()
+    assert "\nselected-config: unmanaged\n" in text
+    unselected = tmp_path / "config.yaml"
+    unselected.write_text(text.replace("\nselected-config: unmanaged\n", "\n"))
+    result = validate("-f", str(unselected), "--gpu-model", "A30")
     assert result.returncode == 2
     assert "mig-configs.all-3g[0]: on NVIDIA A30: unknown profile '3g'" in result.stderr
     assert "all-balanced" not in result.stderr  # its A30 entry wins over the generic one

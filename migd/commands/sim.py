@@ -41,6 +41,7 @@ examples:
   migd sim fault /tmp/node.json --call nvmlDeviceCreateGpuInstanceWithPlacement \\
       --code INSUFFICIENT_RESOURCES --after 2 --count 1 --gpu 3
   migd sim reset /tmp/node.json --bus-id 00000000:18:00.0,00000000:2A:00.0
+  migd sim reboot /tmp/node.json
   migd sim stats /tmp/node.json --json
 """
 
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_process(sub)
     _register_fault(sub)
     _register_reset(sub)
+    _register_reboot(sub)
     _register_stats(sub)
 
 
@@ -574,6 +576,46 @@ def _run_reset(args: argparse.Namespace) -> int:
         print(
             f"GPU {index} ({new.bus_id}) reset: MIG {_mode(new.mig_current)}"
             + (f", {gone} GPU instance(s) destroyed" if gone else "")
+        )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# reboot
+# ---------------------------------------------------------------------------
+
+
+def _register_reboot(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    _add(
+        sub,
+        "reboot",
+        _run_reboot,
+        "reboot the node: pending MIG modes take effect, every instance is gone",
+        "What a reboot of the machine does to its GPUs: each pending MIG mode becomes the\n"
+        "current one (the way to finish a mode change on a --passthrough node, which\n"
+        "cannot reset a GPU), every GPU and compute instance is gone, and so is every\n"
+        "simulated process. MIG mode persists. Faults and the call log stay.",
+    )
+
+
+def _run_reboot(args: argparse.Namespace) -> int:
+    store = _store(args)
+    _read(store)
+
+    def run(tx: Transaction) -> tuple[Node, Node]:
+        before = tx.node
+        after = sim.reboot(before)
+        tx.commit(after)
+        return before, after
+
+    before, after = store.transaction(run)
+    print(f"{store.path}: rebooted, {len(before.processes)} process(es) gone")
+    for old, new in zip(before.gpus, after.gpus, strict=True):
+        gone = len(old.gpu_instances)
+        changed = " (was pending)" if old.mig_current != new.mig_current else ""
+        print(
+            f"  GPU {new.index}  MIG {_mode(new.mig_current)}{changed}"
+            + (f", {gone} GPU instance(s) gone" if gone else "")
         )
     return EXIT_OK
 

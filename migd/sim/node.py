@@ -545,6 +545,18 @@ def reset_gpus(node: NodeState, indices: Iterable[int]) -> NodeState:
     return node
 
 
+def reboot(node: Node) -> Node:
+    """What a reboot does to the node (``migd sim reboot``): each pending MIG mode becomes
+    the current one, and every GPU instance, compute instance and process is gone (MIG
+    instances do not survive a reboot). The MIG mode itself persists, as on real GPUs.
+    Passthrough or a busy GPU does not matter: a reboot always happens. Faults stay set.
+    """
+    gpus = tuple(
+        dataclasses.replace(gpu, mig_current=gpu.mig_pending, gpu_instances=()) for gpu in node.gpus
+    )
+    return dataclasses.replace(node, gpus=gpus, processes=())
+
+
 # ---------------------------------------------------------------------------
 # Processes (``migd sim process``)
 # ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""MIG mode changes, resets, and GPUs that refuse: Ampere vs Hopper, clients, passthrough,
-non-root callers, a GPU without MIG, a lost GPU."""
+"""MIG mode changes, resets, reboots, and GPUs that refuse: Ampere vs Hopper, clients,
+passthrough, non-root callers, a GPU without MIG, a lost GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pynvml
 import pytest
-from sim_support import create_ci, create_gi, migd
+from sim_support import create_ci, create_gi, gi_layout, migd, show
 
 from migd.sim import node as sim_node
 from migd.sim.store import StateStore
@@ -115,6 +115,43 @@ def test_passthrough_needs_a_reboot(node: Callable[..., Path], nvml: Callable[[P
     assert result.returncode == 1
     assert "passthrough" in result.stderr and "reboot" in result.stderr
     assert pynvml.nvmlDeviceGetMigMode(device) == [0, 1]
+
+
+def test_a_reboot_makes_pending_modes_current_and_clears_every_instance(
+    node: Callable[..., Path], nvml: Callable[[Path], Any]
+) -> None:
+    """``migd sim reboot``: what a passthrough VM needs to finish a mode change. Pending
+    modes become current, GPU and compute instances and processes are gone, MIG mode
+    persists, and handles of the old instances are dead."""
+    path = node("A100-SXM4-80GB", "H200", passthrough=True)
+    nvml(path)
+    a100, h200 = (pynvml.nvmlDeviceGetHandleByIndex(i) for i in (0, 1))
+    assert pynvml.nvmlDeviceSetMigMode(a100, 1) == RESET_REQUIRED
+    assert pynvml.nvmlDeviceSetMigMode(h200, 1) == pynvml.NVML_SUCCESS  # Hopper: at once
+    gi = create_gi(h200, 9, 4, 4)
+    create_ci(gi, 0, 0, 1)
+    migd("sim", "process", str(path), "add", "--gpu", "1", "--gi", "2", "--ci", "0", "--pid", "77")
+    migd("sim", "fault", str(path), "--call", "nvmlDeviceCreateGpuInstance", "--code", "UNKNOWN")
+
+    out = migd("sim", "reboot", str(path)).stdout
+    assert "1 process(es) gone" in out
+    assert "GPU 0  MIG enabled (was pending)" in out
+    assert "GPU 1  MIG enabled, 1 GPU instance(s) gone" in out
+    assert pynvml.nvmlDeviceGetMigMode(a100) == [1, 1]
+    assert pynvml.nvmlDeviceGetMigMode(h200) == [1, 1]
+    assert gi_layout(a100) == [] and gi_layout(h200) == []
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        pynvml.nvmlGpuInstanceDestroy(gi)
+    shown = show(path)
+    assert all(g["processes"] == [] for g in shown["gpus"])
+    assert [f["call"] for f in shown["faults"]["calls"]] == ["nvmlDeviceCreateGpuInstance"]
+
+    # Turning MIG off is pending on the A100 too, until the next reboot; MIG stays on
+    # across a reboot with nothing pending.
+    assert pynvml.nvmlDeviceSetMigMode(a100, 0) == RESET_REQUIRED
+    migd("sim", "reboot", str(path))
+    assert pynvml.nvmlDeviceGetMigMode(a100) == [0, 0]
+    assert pynvml.nvmlDeviceGetMigMode(h200) == [1, 1]
 
 
 def test_reset_refused_while_processes_run(node: Callable[..., Path]) -> None:

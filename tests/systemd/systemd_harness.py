@@ -20,6 +20,33 @@ setup touch nothing outside. Paths the test needs that would be hidden by those 
 checkout below /tmp, say) are bound back in from a view of the old root, and into the
 namespace of every service with its own private /tmp (``BindPaths=`` in a drop-in).
 
+With ``overlay_root=True`` the namespace gets instead a root of its own: an overlay
+whose lower layer is the machine's root filesystem and whose upper layer is a tmpfs
+inside the namespace, made the namespace's root with pivot_root. Everything under it is
+writable, and every write lands in the upper layer: ``dpkg -i``, ``apt-get remove`` and
+``systemctl enable`` run against the machine's own dpkg database, /usr and /etc as
+they are, yet change none of them. /var/lib and /var/cache then stay as they are (dpkg
+and apt need them); the other scratch directories are fresh tmpfs as above. Paths in
+``keep`` (and the test's directory) are bound in from the machine, so files written
+there are shared with the test: that is how a test hands a .deb in or reads a state
+file out.
+
+With ``disk=DIR`` as well, the namespace is a machine that keeps its disk: the upper
+layer lives in DIR on the machine instead of a tmpfs, so packages installed, /etc and
+/var survive when it boots again (``boot()`` once more after it went down);
+/etc/systemd/system is part of that disk too (an overlay-opaque directory, so the
+machine's own enabled units never show through), and the test's units are copied into it
+at every boot. Its systemd runs with ``container=`` set, as under a container manager,
+so that a clean shutdown or reboot only ends the namespace: systemd-shutdown otherwise
+deactivates swap and detaches loop and DM devices, all of which belong to the machine.
+A ``reboot`` inside ends the namespace's PID 1 with SIGHUP (the kernel's answer to
+reboot(2) in a PID namespace), which :meth:`Systemd.wait_down` reports as ``"reboot"``.
+
+``private_network=False`` keeps the machine's network namespace instead of a new one,
+for services that must be reached from outside the namespace (an sshd bound to its own
+loopback address, 127.0.0.N): everything that listens in it must then bind an address
+and port of the test's own.
+
 The harness talks to that systemd with ``nsenter -t PID -m -p systemctl …`` and ends
 it with SIGKILL to its PID, which ends everything in the namespace.
 """
@@ -42,11 +69,15 @@ from pathlib import Path
 import pytest
 from paths import REPO
 
+from migd.unit import needs_home
+
 SYSTEMD = "/lib/systemd/systemd"
 MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
 TARGET = "migd-test.target"
 # Mounted over before systemd starts (see the module docstring).
 HIDDEN = ("/tmp", "/var/tmp", "/run", "/var/lib", "/var/log", "/var/cache", "/etc/systemd/system")
+# The same on an overlay root, where dpkg and apt need /var/lib and /var/cache as they are.
+HIDDEN_ON_OVERLAY = tuple(d for d in HIDDEN if d not in ("/var/lib", "/var/cache"))
 # Where the boot script keeps its view of the old root; must exist and not be needed.
 HOLD = "/mnt"
 # Units masked in the namespace: they would act on the machine's kernel or devices.
@@ -74,10 +105,30 @@ def unavailable() -> str | None:
     return None
 
 
-def requires_systemd() -> list[pytest.MarkDecorator]:
-    """The marks of a test module that boots a real systemd: skipped, with the reason,
-    where that cannot be done here."""
+def overlay_unavailable() -> str | None:
+    """Why a namespace cannot boot on an overlay root here, or None when it can."""
     reason = unavailable()
+    if reason is not None:
+        return reason
+    if not shutil.which("pivot_root"):
+        return "needs pivot_root (Debian package util-linux)"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-ec",
+         f"mount -t tmpfs migd-probe {HOLD}; cd {HOLD}; mkdir l u w r; "
+         "mount -t overlay migd-probe -o lowerdir=l,upperdir=u,workdir=w r"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        return f"overlayfs cannot be mounted here: {probe.stderr.strip()}"
+    return None
+
+
+def requires_systemd(*, overlay_root: bool = False) -> list[pytest.MarkDecorator]:
+    """The marks of a test module that boots a real systemd (on an overlay root, with
+    ``overlay_root``): skipped, with the reason, where that cannot be done here."""
+    reason = overlay_unavailable() if overlay_root else unavailable()
     return [
         pytest.mark.systemd,
         pytest.mark.skipif(reason is not None, reason=f"real systemd: {reason}"),
@@ -97,7 +148,27 @@ def below_private_tmp(paths: Iterable[str]) -> list[str]:
     return sorted(p for p in hidden if not any(p != q and _below(p, q) for q in hidden))
 
 
-def boot_script(units: Path, keep: Iterable[str]) -> str:
+def simulated_node_drop_in(state: Path, writable: Path) -> str:
+    """A drop-in for a packaged migd.service that points it at the simulated node in
+    ``state``, as ``migd install-unit --simulate`` does: ``writable`` (the node's
+    directory) may be written, and is seen through ProtectHome= and PrivateTmp=."""
+    lines = ["[Service]", f"Environment=MIGD_SIMULATE={state}", f"ReadWritePaths={writable}"]
+    if needs_home([str(state)]):
+        lines.append("ProtectHome=read-only")
+    hidden = below_private_tmp([str(writable)])
+    if hidden:
+        lines.append(f"BindPaths={' '.join(hidden)}")
+    return "\n".join(lines) + "\n"
+
+
+def boot_script(
+    units: Path,
+    keep: Iterable[str],
+    *,
+    overlay_root: bool = False,
+    lower: str = "/",
+    disk: Path | None = None,
+) -> str:
     """The script that prepares the namespace and execs systemd (run by unshare)."""
     keep = sorted({os.path.realpath(p) for p in keep})
     lines = [
@@ -105,36 +176,122 @@ def boot_script(units: Path, keep: Iterable[str]) -> str:
         "set -eu",
         "# A view of the old root, to copy /etc from and to bind needed paths back.",
         f"mount -t tmpfs -o mode=0755 migd-test {HOLD}",
-        f"mkdir {HOLD}/old {HOLD}/etc",
+        f"mkdir {HOLD}/old",
         f"mount --rbind / {HOLD}/old",
-        f"cp -a /etc/. {HOLD}/etc/",
-        f"mount --bind {HOLD}/etc /etc",
     ]
-    lines += [f"mount -t tmpfs tmpfs {d}" for d in HIDDEN]
-    lines.append('for d in /lib/systemd/system/*.wants; do mount -t tmpfs tmpfs "$d"; done')
+    if overlay_root:
+        root, hidden = f"{HOLD}/root", HIDDEN_ON_OVERLAY
+        if disk is None:
+            upper, work = f"{HOLD}/upper", f"{HOLD}/work"
+            lines += [
+                "# The new root: the machine's root filesystem (or `lower`) under a tmpfs",
+                "# that takes every write.",
+                f"mkdir {upper} {work} {root}",
+            ]
+        else:
+            hidden = tuple(d for d in hidden if d != "/etc/systemd/system")
+            where = f"{HOLD}/old{os.path.realpath(disk)}"
+            upper, work = f"{where}/upper", f"{where}/work"
+            lines += [
+                "# The new root: the machine's root filesystem (or `lower`) under the",
+                "# namespace's own disk, which takes every write and outlives this boot.",
+                f"mkdir {root}",
+            ]
+        lines += [
+            "mount -t overlay migd-test-root -o "
+            + shlex.quote(
+                f"lowerdir={HOLD}/old{os.path.realpath(lower).rstrip('/')},"
+                f"upperdir={upper},workdir={work}"
+            )
+            + f" {root}",
+            f"mount -t proc proc {root}/proc",
+            f"mount --rbind /sys {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+        ]
+    else:
+        root, hidden = "", HIDDEN
+        lines += [
+            f"mkdir {HOLD}/etc",
+            f"cp -a /etc/. {HOLD}/etc/",
+            f"mount --bind {HOLD}/etc /etc",
+        ]
+    lines += [f"mount -t tmpfs tmpfs {root}{d}" for d in hidden]
+    lines.append(f'for d in {root}/lib/systemd/system/*.wants; do mount -t tmpfs tmpfs "$d"; done')
     for path in keep:
-        if any(_below(path, d) for d in HIDDEN):
-            q = shlex.quote(path)
+        if overlay_root or any(_below(path, d) for d in hidden):
+            q = shlex.quote(root + path)
             lines.append(f"mkdir -p {q} && mount --bind {shlex.quote(HOLD + '/old' + path)} {q}")
     lines += [
-        f"cp -a {shlex.quote(HOLD + '/old' + str(units))}/. /etc/systemd/system/",
+        f"cp -a --remove-destination {shlex.quote(HOLD + '/old' + str(units))}/."
+        f" {root}/etc/systemd/system/",
         "# PID 1 writes nothing on the machine's console (not a tty: its output is dropped",
         "# until journald runs), and journald does not read the machine's kernel log.",
-        "mount --bind /dev/null /dev/console",
-        "mkdir -p /etc/systemd/journald.conf.d",
-        "printf '[Journal]\\nReadKMsg=no\\n' > /etc/systemd/journald.conf.d/migd-test.conf",
+        f"mount --bind /dev/null {root}/dev/console",
+        f"mkdir -p {root}/etc/systemd/journald.conf.d",
+        f"printf '[Journal]\\nReadKMsg=no\\n' > {root}/etc/systemd/journald.conf.d/migd-test.conf",
         "# Never boot on the machine's own scratch directories.",
-        *(f"mountpoint -q {d}" for d in HIDDEN),
-        f"exec {SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no",
+        *(f"mountpoint -q {root}{d}" for d in hidden),
     ]
+    if overlay_root:
+        lines += [
+            "# The overlay becomes / (the old root, with the tmpfs holding the upper layer,",
+            "# goes below it and is then detached), so nsenter -m lands in it too.",
+            f"cd {root}",
+            f"pivot_root . .{HOLD}",
+            f"umount -l {HOLD}",
+            "cd /",
+            f"mountpoint -q / && ! mountpoint -q {HOLD}",
+        ]
+    lines += [
+        "# PID 1 raises kernel settings as it boots (net.unix.max_dgram_qlen, fs.file-max,",
+        "# fs.nr_open): the machine's own, or its network namespace's when the namespace",
+        "# shares it. /proc/sys is read-only here, as systemd-nspawn gives a container.",
+        "mount --bind /proc/sys /proc/sys",
+        "mount -o remount,bind,ro /proc/sys",
+    ]
+    # A namespace that keeps its disk may shut itself down (a reboot): as in a container,
+    # its systemd-shutdown then leaves the machine's swap, loop and DM devices alone.
+    container = "env container=migd-test " if disk is not None else ""
+    lines.append(
+        f"exec {container}{SYSTEMD} --system --unit={TARGET} --log-target=journal --show-status=no"
+    )
     return "\n".join(lines) + "\n"
 
 
 class Systemd:
-    """One booted systemd; ``units`` (file name → text) are installed before it boots."""
+    """One booted systemd; ``units`` (file name → text) are installed before it boots.
 
-    def __init__(self, directory: Path, units: Mapping[str, str], keep: Iterable[str] = ()) -> None:
+    ``keep``: paths of the machine the namespace must see as they are (and share with
+    the test). ``overlay_root``: boot on a writable overlay of the machine's root
+    (see the module docstring), for tests that install packages or otherwise write
+    where a test must never write on the machine itself; ``lower``: the root
+    filesystem under that overlay, the machine's by default, or a directory holding
+    another system (one made by debootstrap, say) with systemd installed in it. ``disk``:
+    a directory that holds the overlay's upper layer across boots (see the module
+    docstring; it needs ``overlay_root``). ``private_network``: a network namespace of its
+    own (the default), or the machine's.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        units: Mapping[str, str],
+        keep: Iterable[str] = (),
+        *,
+        overlay_root: bool = False,
+        lower: str = "/",
+        disk: Path | None = None,
+        private_network: bool = True,
+    ) -> None:
+        if lower != "/" and not overlay_root:
+            raise ValueError("lower= is the root under an overlay: it needs overlay_root=True")
+        if disk is not None and not overlay_root:
+            raise ValueError("disk= holds an overlay's upper layer: it needs overlay_root=True")
         self.directory = directory
+        self.overlay_root = overlay_root
+        self.private_network = private_network
+        if disk is not None:
+            _new_disk(disk)
         self.units = directory / "units"
         self.units.mkdir(parents=True)
         target = units.get(TARGET) or self._target(units)
@@ -151,7 +308,15 @@ class Systemd:
         journal.parent.mkdir(exist_ok=True)
         journal.write_text("[Unit]\nWants=systemd-journald.service\n")
         self.script = directory / "boot.sh"
-        self.script.write_text(boot_script(self.units, [*keep, str(directory)]))
+        self.script.write_text(
+            boot_script(
+                self.units,
+                [*keep, str(directory)],
+                overlay_root=overlay_root,
+                lower=lower,
+                disk=disk,
+            )
+        )
         self.console = directory / "console.log"
         self._unshare: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
@@ -172,10 +337,16 @@ class Systemd:
         return f"[Unit]\nDescription=migd test\nWants=systemd-journald-dev-log.socket {wanted}\n"
 
     def boot(self, timeout: float = 30.0) -> Systemd:
-        with open(self.console, "wb") as console:
+        """Boot (or, once the namespace went down, boot again) and wait until systemd
+        has started its target."""
+        if self._unshare is not None and self._unshare.poll() is None:
+            raise RuntimeError(f"{self.directory.name} is still up")
+        self.pid = None
+        network = ["--net"] if self.private_network else []
+        with open(self.console, "ab") as console:
             self._unshare = subprocess.Popen(
                 ["unshare", "--fork", "--pid", "--mount", "--mount-proc",
-                 "--propagation", "private", "--uts", "--ipc", "--net",
+                 "--propagation", "private", "--uts", "--ipc", *network,
                  "/bin/sh", str(self.script)],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
@@ -205,6 +376,19 @@ class Systemd:
                 )
             time.sleep(0.1)
 
+    def wait_down(self, timeout: float | None = None) -> str | None:
+        """How the namespace went down: ``"reboot"`` (its systemd rebooted), ``"poweroff"``
+        (powered off or halted) or ``"ended"`` (killed, say); None while it is still up
+        after ``timeout`` seconds."""
+        assert self._unshare is not None
+        try:
+            code = self._unshare.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        # unshare ends itself with the signal that ended the namespace's PID 1, and the
+        # kernel ends that PID 1 with SIGHUP for a reboot, SIGINT for a power-off or halt.
+        return {-signal.SIGHUP: "reboot", -signal.SIGINT: "poweroff"}.get(code, "ended")
+
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A command inside the namespace."""
         assert self.pid is not None
@@ -223,6 +407,12 @@ class Systemd:
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.systemctl("show", unit, *(f"--property={p}" for p in props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def inside(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` as the namespace sees it, for reading from the test (through
+        /proc/PID/root: on an overlay root, the overlay)."""
+        assert self.pid is not None
+        return Path(f"/proc/{self.pid}/root") / os.fspath(path).lstrip("/")
 
     def journal(self, *args: str) -> str:
         return self.run("journalctl", "--no-pager", "-o", "short-monotonic", *args).stdout
@@ -246,6 +436,15 @@ class Systemd:
             except subprocess.TimeoutExpired:
                 os.killpg(self._unshare.pid, signal.SIGKILL)
                 self._unshare.wait()
+
+
+def _new_disk(disk: Path) -> None:
+    """An empty disk for an overlay root: its upper and work directories, and an
+    /etc/systemd/system of its own (opaque: the machine's enabled units stay below it)."""
+    units = disk / "upper" / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    (disk / "work").mkdir()
+    os.setxattr(units, "trusted.overlay.opaque", b"y")
 
 
 def scratch_directory(name: str) -> Path:
