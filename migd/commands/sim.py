@@ -602,7 +602,7 @@ def _run_reboot(args: argparse.Namespace) -> int:
     store = _store(args)
     _read(store)
 
-    def run(tx: Transaction) -> tuple[Node, Node]:
+    def run(tx: Transaction) -> tuple[NodeState, NodeState]:
         before = tx.node
         after = sim.reboot(before)
         tx.commit(after)

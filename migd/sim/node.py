@@ -545,7 +545,7 @@ def reset_gpus(node: NodeState, indices: Iterable[int]) -> NodeState:
     return node
 
 
-def reboot(node: Node) -> Node:
+def reboot(node: NodeState) -> NodeState:
     """What a reboot does to the node (``migd sim reboot``): each pending MIG mode becomes
     the current one, and every GPU instance, compute instance and process is gone (MIG
     instances do not survive a reboot). The MIG mode itself persists, as on real GPUs.

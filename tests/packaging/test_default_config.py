@@ -14,7 +14,7 @@ from daemon_support import migd, sim
 from paths import REPO
 from reliability_support import mutating_calls
 
-from migd.sim.models import load_model, model_names
+from migd.formats.gpu_models import load_model, model_names
 from migd.sim.store import StateStore
 
 DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
@@ -22,7 +22,7 @@ MODELS = sorted({load_model(name).key for name in model_names()})
 
 
 def test_every_simulated_model_is_checked() -> None:
-    shipped = {p.stem for p in (REPO / "migd" / "sim" / "models").glob("*.yaml")}
+    shipped = {p.stem for p in (REPO / "migd" / "formats" / "gpu-models").glob("*.yaml")}
     assert len(MODELS) == len(shipped) >= 10
 
 

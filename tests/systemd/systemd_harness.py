@@ -69,7 +69,7 @@ from pathlib import Path
 import pytest
 from paths import REPO
 
-from migd.unit import needs_home
+from migd.node.unit import needs_home
 
 SYSTEMD = "/lib/systemd/systemd"
 MIGD = Path(sys.executable).parent / "migd"  # the virtualenv's migd script
