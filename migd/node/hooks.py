@@ -22,7 +22,9 @@ or a bounded failure:
   they stopped), and all its hooks run even when one fails;
 - hooks get a ``PATH`` (systemd's default unless their ``envs`` set one); mig-parted
   gives them none, so only absolute commands and bash's built-in default worked;
-- a change that changes nothing runs no hook: the daemon checks the GPUs every minute.
+- in the daemon, a reconcile that changes nothing runs no hook (it checks the GPUs
+  every minute); ``migd apply`` and ``migd restore`` run ``apply-start`` and
+  ``apply-exit`` every time, as mig-parted does.
 
 A hook runs through :func:`migd.command.run_command`, as every external program does.
 """
