@@ -455,3 +455,21 @@ def test_restore_reads_mig_parteds_checkpoint_with_hooks_and_mode_only(scratch: 
     # Restored: a second restore changes nothing, its hooks run all the same.
     assert nvidia_mig_parted(env, "restore").returncode == 0
     assert log.read_text().split()[-2:] == ["apply-start", "apply-exit"]
+
+
+def test_a_broken_mig_parted_checkpoint_is_refused_naming_the_key(scratch: Path) -> None:
+    state = make_node(scratch / "node.json", [A100], clients=False)
+    path = scratch / "checkpoint.json"
+    device = {"UUID": "GPU-0", "MigMode": 2, "GpuInstances": [{"ProfileID": 0}]}
+    path.write_text(json.dumps({"Version": "v1", "MigState": {"Devices": [device]}}))
+    run = nvidia_mig_parted(mig_parted_env(state), "restore", "-f", str(path))
+    assert run.returncode == 2
+    assert "MigState.Devices[0].MigMode: must be 0 (disabled) or 1 (enabled), not 2" in run.stderr
+    assert "MigState.Devices[0].GpuInstances[0].Placement: missing" in run.stderr
+    # A GPU this node does not have: refused before anything is touched.
+    device = {"UUID": "GPU-elsewhere", "MigMode": 1, "GpuInstances": None}
+    path.write_text(json.dumps({"Version": "v1", "MigState": {"Devices": [device]}}))
+    run = nvidia_mig_parted(mig_parted_env(state), "restore", "-f", str(path))
+    assert run.returncode == 2
+    assert "GPU-elsewhere" in run.stderr
+    assert not snapshot().gpu(0).mig_enabled

@@ -21,7 +21,11 @@ from migd.commands.common import (
     env_flag,
     reset_command,
 )
-from migd.commands.mig_parted import pending_resets_skipped
+from migd.commands.mig_parted import (
+    RESET_SKIPPED_AS_ASKED,
+    pending_resets_skipped,
+    reset_skipped_summary,
+)
 from migd.core.checkpoint import Checkpoint, capture
 from migd.core.compare import mismatches
 from migd.core.config import DEFAULT_RESET_TIMEOUT, Config, select_config
@@ -35,7 +39,7 @@ from migd.formats import checkpoint_file
 from migd.formats.config_file import load_config
 from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
 from migd.formats.hooks_file import NO_HOOKS, load_hooks
-from migd.gpu.executor import ReconcileOptions, ReconcileResult, format_result
+from migd.gpu.executor import ReconcileOptions, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import (
     ChangeReport,
@@ -174,12 +178,6 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
     )
 
 
-def _report(result: ReconcileResult) -> int:
-    for line in format_result(result):
-        print(line)
-    return result.exit_code
-
-
 # ---------------------------------------------------------------------------
 # plan
 # ---------------------------------------------------------------------------
@@ -267,20 +265,17 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def _report_change(report: ChangeReport, args: argparse.Namespace) -> int:
     """Print what apply or restore did; the exit code, with --skip-reset as mig-parted has it."""
-    assert report.result is not None
-    code = _report(report.result)
+    result = report.result
+    assert result is not None
+    skipped = pending_resets_skipped(result, mode_only=args.mode_only) if args.skip_reset else ()
+    for gpu, line in zip(result.gpus, format_result(result), strict=True):
+        print(f"GPU {gpu.index}: {RESET_SKIPPED_AS_ASKED}" if gpu.index in skipped else line)
     for line in report.lines():
         print(line)
-    pending = pending_resets_skipped(report.result, mode_only=args.mode_only)
-    if args.skip_reset and pending:
-        gpus = ", ".join(str(i) for i in pending)
-        print(
-            f"MIG mode change pending on GPU(s) {gpus}: the GPU reset was skipped as asked "
-            "(--skip-reset); reset those GPUs (apply without --skip-reset does it) or reboot "
-            "to activate it"
-        )
+    if skipped:
+        print(reset_skipped_summary(skipped))
         return EXIT_OK
-    return code
+    return result.exit_code
 
 
 # ---------------------------------------------------------------------------

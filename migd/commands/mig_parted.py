@@ -38,6 +38,19 @@ GLOBAL_WITH_VALUE = frozenset({"--simulate"})
 
 # The executor's error label for a mode change left pending because resets were skipped.
 RESET_SKIPPED = "RESET_SKIPPED"
+RESET_SKIPPED_AS_ASKED = (
+    "MIG mode change pending; the GPU reset was skipped as asked (--skip-reset)"
+)
+
+
+def reset_skipped_summary(gpus: Sequence[int]) -> str:
+    """The last line of an apply whose only step left is the reset it was asked to skip."""
+    listed = ", ".join(str(i) for i in gpus)
+    return (
+        f"MIG mode change pending on GPU(s) {listed}: the GPU reset was skipped as asked "
+        "(--skip-reset); reset those GPUs (apply without --skip-reset does it) or reboot "
+        "to activate it"
+    )
 
 
 def program_name(argv0: str) -> str:
