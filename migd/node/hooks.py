@@ -13,8 +13,8 @@ migd's own environment is never passed on.
 Deliberate differences from mig-parted, each turning a silent surprise into a message
 or a bounded failure:
 
-- an unknown stage name or hook key is an error, and ``workdir`` must be absolute
-  (``migd.formats.hooks_file``);
+- an unknown hook key is an error, ``workdir`` must be absolute, and a stage name that
+  is none of the four is warned about (``migd.formats.hooks_file``);
 - every hook has a timeout (``settings.command-timeout``), after which its whole
   process group is killed; mig-parted waits forever, and a hook blocked on a unit
   ordered after the daemon hangs the boot (mig-parted issues #68, #11, #8);
