@@ -26,7 +26,16 @@ import pytest
 import yaml
 from ci_policy import skip_allowed_in_ci
 from clean_env import clean_environ
-from geometry_support import A100, H200, add_process, make_node, scratch_dir, snapshot
+from geometry_support import (
+    A100,
+    H200,
+    add_process,
+    make_node,
+    mutating_calls,
+    scratch_dir,
+    snapshot,
+    stats,
+)
 from paths import anchor
 
 from migd.commands.mig_parted import normalize_argv, program_name
@@ -452,8 +461,11 @@ def test_restore_reads_mig_parteds_checkpoint_with_hooks_and_mode_only(scratch: 
     assert [(gi.placement.start, gi.placement.size) for gi in gpu.instances] == [(4, 4)]
     assert held(0) == {"3g.20gb": 1} and len(gpu.instances[0].compute_instances) == 1
     assert not snapshot().gpu(1).mig_enabled
-    # Restored: a second restore changes nothing, its hooks run all the same.
+    # Restored: a second restore changes nothing (the compute instance mig-parted recorded
+    # without a placement keeps the one it holds), and its hooks run all the same.
+    before = mutating_calls(stats(state))
     assert nvidia_mig_parted(env, "restore").returncode == 0
+    assert mutating_calls(stats(state)) == before
     assert log.read_text().split()[-2:] == ["apply-start", "apply-exit"]
 
 
