@@ -88,8 +88,10 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         dest="skip_reset",
         action="store_true",
         default=env_flag("MIG_PARTED_SKIP_RESET"),
-        help="never reset a GPU to activate a pending MIG mode change; report a reboot "
-        "as required instead ($MIG_PARTED_SKIP_RESET)",
+        help="never reset a GPU to activate a pending MIG mode change: a GPU with nothing "
+        "else left to do counts as done, as in mig-parted (exit 0, the change reported "
+        "pending); one that needs instances after the reset needs a reboot (exit 4) "
+        "($MIG_PARTED_SKIP_RESET)",
     )
     parser.add_argument(
         "--sequential",
@@ -415,7 +417,8 @@ def run_restore(args: argparse.Namespace) -> int:
         # Restoring is planning towards the recorded geometry, then carrying it out.
         goal = saved if isinstance(saved, Checkpoint) else resolve(saved, snapshot)
         if options.mode_only:
-            return plan_node(snapshot, recorded_modes(goal, snapshot), mode_only=True)
+            modes = recorded_modes(goal, snapshot)
+            return plan_node(snapshot, modes, force=options.force, mode_only=True)
         return plan_node(snapshot, goal, force=options.force)
 
     with NvmlAdapter.open() as nvml:
