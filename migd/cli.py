@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from migd import __version__
+from migd.commands.common import env_flag
+from migd.commands.mig_parted import normalize_argv, program_name
 from migd.errors import EXIT_FAILED, EXIT_INVALID, MigdError
 from migd.log import setup_logging
 
@@ -49,15 +51,21 @@ exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input,
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "migd") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="migd",
+        prog=prog,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"migd {__version__}")
-    parser.add_argument("-d", "--debug", action="store_true", help="log debug detail")
+    parser.add_argument("-v", "--version", action="version", version=f"migd {__version__}")
+    parser.add_argument(
+        "-d",
+        "--debug",
+        action="store_true",
+        default=env_flag("MIG_PARTED_DEBUG"),
+        help="log debug detail ($MIG_PARTED_DEBUG)",
+    )
     parser.add_argument(
         "--simulate",
         metavar="STATE",
@@ -78,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # Called as nvidia-mig-parted, migd answers to mig-parted's spellings and name.
+    prog = program_name(sys.argv[0]) if argv is None else "migd"
+    parser = build_parser(prog)
+    args = parser.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_INVALID

@@ -13,7 +13,11 @@ what neither the project nor an install step can provide:
 - IPv6 on loopback, when the machine's kernel has none;
 - TLS 1.1 offered by a client, when this Python's OpenSSL cannot offer it at all (no
   client here can then try what the test refuses);
-- a machine that has its own /etc/migd/config.yaml, which a test may not touch.
+- a machine that has its own /etc/migd/config.yaml, which a test may not touch;
+- mig-parted's own ``service.sh`` (third-party code the project does not carry), unless
+  ``MIGD_TEST_MIG_PARTED_SERVICE_SH`` names a copy, or a machine where nvidia-mig-manager
+  is installed, whose directories that script writes to
+  (tests/test_mig_parted_dropin.py replays its sequence on every run).
 
 A whole module skipped at collection is never allowed under CI.
 """

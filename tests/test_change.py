@@ -225,9 +225,9 @@ def test_services_come_from_the_settings_and_the_files(tmp_path: Path) -> None:
 
 def test_a_bad_hooks_or_clients_file_is_refused_with_the_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: v1\nhooks:\n  apply-begin: []\n")
+    bad.write_text("version: v1\nhooks:\n  apply-start: /bin/true\n")
     text = f"version: v1\nsettings:\n  hooks-file: {bad}\n"
-    with pytest.raises(ConfigError, match="unknown hook 'apply-begin'"):
+    with pytest.raises(ConfigError, match="the apply-start hooks must be a list"):
         NodeServices.from_settings(parse_config(text.encode(), "c.yaml").settings)
     text = f"version: v1\nsettings:\n  gpu-clients: {{file: {tmp_path / 'absent.yaml'}}}\n"
     with pytest.raises(ConfigError, match="cannot read the file"):

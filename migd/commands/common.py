@@ -25,6 +25,17 @@ def env(*names: str) -> str | None:
     return None
 
 
+# True values of a boolean environment variable (Go's strconv.ParseBool, as mig-parted
+# reads them, and the usual yes/on).
+TRUE_VALUES = frozenset({"1", "true", "t", "yes", "y", "on"})
+
+
+def env_flag(*names: str) -> bool:
+    """True when the first of the environment variables ``names`` that is set is true."""
+    value = env(*names)
+    return value is not None and value.strip().lower() in TRUE_VALUES
+
+
 def add_config_file(parser: argparse.ArgumentParser, *, use: str = "- for standard input") -> None:
     """``-f/--config-file``; ``use`` says what the verb does with it, for the help."""
     parser.add_argument(

@@ -14,33 +14,44 @@ import os
 import sys
 from collections.abc import Callable
 
-from migd.commands.common import add_config_file, add_selected_config, env, reset_command
-from migd.core.checkpoint import capture
+from migd.commands.common import (
+    add_config_file,
+    add_selected_config,
+    env,
+    env_flag,
+    reset_command,
+)
+from migd.commands.mig_parted import (
+    RESET_SKIPPED_AS_ASKED,
+    pending_resets_skipped,
+    reset_skipped_summary,
+)
+from migd.core.checkpoint import Checkpoint, capture
 from migd.core.compare import mismatches
-from migd.core.config import Config, select_config
+from migd.core.config import DEFAULT_RESET_TIMEOUT, Config, select_config
 from migd.core.layout import NodeSnapshot
-from migd.core.plan import Action, format_plan, plan_to_dict
+from migd.core.parted_checkpoint import recorded_modes, resolve
+from migd.core.plan import Action, NodePlan, format_plan, plan_to_dict
 from migd.core.planner import plan_node
 from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
 from migd.formats import checkpoint_file
 from migd.formats.config_file import load_config
 from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
-from migd.gpu.executor import ReconcileOptions, ReconcileResult, execute, format_result
+from migd.formats.hooks_file import NO_HOOKS, load_hooks
+from migd.gpu.executor import ReconcileOptions, format_result
 from migd.gpu.nvml import NvmlAdapter
-from migd.node.change import NodeServices, apply_with_services
-
-_TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+from migd.node.change import (
+    ChangeReport,
+    NodeServices,
+    apply_with_services,
+    reconcile_with_services,
+)
 
 EXIT_CODES = """\
 exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (nothing
             touched), 3 blocked by running processes, 4 reboot required
 """
-
-
-def _env_flag(*names: str) -> bool:
-    value = env(*names)
-    return value is not None and value.strip().lower() in _TRUE
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +70,7 @@ def _add_mode_only(parser: argparse.ArgumentParser, what: str) -> None:
         "--mode-only",
         dest="mode_only",
         action="store_true",
-        default=_env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
+        default=env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
         help=f"{what} the MIG mode only, not the instances ($MIG_PARTED_MODE_CHANGE_ONLY)",
     )
 
@@ -76,14 +87,28 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         "--skip-reset",
         dest="skip_reset",
         action="store_true",
-        default=_env_flag("MIG_PARTED_SKIP_RESET"),
-        help="never reset a GPU to activate a pending MIG mode change; report a reboot "
-        "as required instead ($MIG_PARTED_SKIP_RESET)",
+        default=env_flag("MIG_PARTED_SKIP_RESET"),
+        help="never reset a GPU to activate a pending MIG mode change: a GPU with nothing "
+        "else left to do counts as done, as in mig-parted (exit 0, the change reported "
+        "pending); one that needs instances after the reset needs a reboot (exit 4) "
+        "($MIG_PARTED_SKIP_RESET)",
     )
     parser.add_argument(
         "--sequential",
         action="store_true",
         help="change one GPU after another instead of all in parallel",
+    )
+
+
+def _add_hooks_file(parser: argparse.ArgumentParser, default: str = "") -> None:
+    parser.add_argument(
+        "-k",
+        "--hooks-file",
+        dest="hooks_file",
+        metavar="FILE",
+        default=env("MIGD_HOOKS_FILE", "MIG_PARTED_HOOKS_FILE"),
+        help=f"a mig-parted hooks file to run around the change (default: {default}"
+        "$MIGD_HOOKS_FILE, $MIG_PARTED_HOOKS_FILE)",
     )
 
 
@@ -153,12 +178,6 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
         reset_command=reset_command(args, config),
         progress=_say,
     )
-
-
-def _report(result: ReconcileResult) -> int:
-    for line in format_result(result):
-        print(line)
-    return result.exit_code
 
 
 # ---------------------------------------------------------------------------
@@ -235,13 +254,30 @@ def run_apply(args: argparse.Namespace) -> int:
     services = NodeServices.from_settings(config.settings, hooks_file=args.hooks_file)
     with NvmlAdapter.open() as nvml:
         report = apply_with_services(
-            nvml, config, name, _options(args, config), services, post_boot=True
+            nvml,
+            config,
+            name,
+            _options(args, config),
+            services,
+            post_boot=True,
+            hooks_when_idle=True,
         )
-    assert report.result is not None
-    code = _report(report.result)
+    return _report_change(report, args)
+
+
+def _report_change(report: ChangeReport, args: argparse.Namespace) -> int:
+    """Print what apply or restore did; the exit code, with --skip-reset as mig-parted has it."""
+    result = report.result
+    assert result is not None
+    skipped = pending_resets_skipped(result, mode_only=args.mode_only) if args.skip_reset else ()
+    for gpu, line in zip(result.gpus, format_result(result), strict=True):
+        print(f"GPU {gpu.index}: {RESET_SKIPPED_AS_ASKED}" if gpu.index in skipped else line)
     for line in report.lines():
         print(line)
-    return code
+    if skipped:
+        print(reset_skipped_summary(skipped))
+        return EXIT_OK
+    return result.exit_code
 
 
 # ---------------------------------------------------------------------------
@@ -373,12 +409,31 @@ RESTORE_EXAMPLES = """\
 
 def run_restore(args: argparse.Namespace) -> int:
     saved = checkpoint_file.read(args.file)
+    hooks = load_hooks(args.hooks_file) if args.hooks_file else NO_HOOKS
+    services = NodeServices(hooks=hooks)
     options = _options(args, None)
-    with NvmlAdapter.open() as nvml:
+
+    def plan_for(snapshot: NodeSnapshot) -> NodePlan:
         # Restoring is planning towards the recorded geometry, then carrying it out.
-        plan = plan_node(nvml.snapshot(), saved, force=options.force)
-        result = execute(nvml, plan, options, config_name="checkpoint")
-    return _report(result)
+        goal = saved if isinstance(saved, Checkpoint) else resolve(saved, snapshot)
+        if options.mode_only:
+            modes = recorded_modes(goal, snapshot)
+            return plan_node(snapshot, modes, force=options.force, mode_only=True)
+        return plan_node(snapshot, goal, force=options.force)
+
+    with NvmlAdapter.open() as nvml:
+        report = reconcile_with_services(
+            nvml,
+            plan_for,
+            options,
+            services,
+            name="checkpoint",
+            source=args.file,
+            post_boot=True,
+            reset_timeout=DEFAULT_RESET_TIMEOUT,
+            hooks_when_idle=True,
+        )
+    return _report_change(report, args)
 
 
 # ---------------------------------------------------------------------------
@@ -412,15 +467,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_config_flags(p)
     _add_mode_only(p, "change")
     _add_execution_flags(p)
-    p.add_argument(
-        "-k",
-        "--hooks-file",
-        dest="hooks_file",
-        metavar="FILE",
-        default=env("MIGD_HOOKS_FILE", "MIG_PARTED_HOOKS_FILE"),
-        help="a mig-parted hooks file to run around the change (default: settings.hooks-file; "
-        "$MIGD_HOOKS_FILE, $MIG_PARTED_HOOKS_FILE)",
-    )
+    _add_hooks_file(p, default="settings.hooks-file; ")
 
     p = _parser(
         subparsers,
@@ -437,7 +484,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--valid-config",
         dest="valid_config",
         action="store_true",
-        help="only check that the selected config is valid for this node",
+        default=env_flag("MIG_PARTED_VALID_CONFIG"),
+        help="only check that the selected config is valid for this node "
+        "($MIG_PARTED_VALID_CONFIG)",
     )
 
     p = _parser(
@@ -495,4 +544,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         run_restore,
     )
     _add_checkpoint_file(p, "the checkpoint file to read, - for standard input")
+    _add_mode_only(p, "restore")
     _add_execution_flags(p)
+    _add_hooks_file(p)

@@ -15,6 +15,13 @@ The file (``version`` is required and checked first)::
                      "placement": {"start": 0, "size": 4}}]}]}]}
 
 ``profile`` fields are for the reader; restoring uses the ids.
+
+A checkpoint written by ``nvidia-mig-parted checkpoint`` (``api/checkpoint/v1``:
+``{"Version": "v1", "MigState": {"Devices": [{"UUID", "MigMode", "GpuInstances":
+[{"ProfileID", "Placement": {"Start", "Size"}, "ComputeInstances": [{"ProfileID",
+"EngProfileID"}]}]}]}}``) is read too, as a
+:class:`migd.core.parted_checkpoint.PartedCheckpoint`: its profile indices become
+profile ids on the node it is restored on.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 from migd.core.checkpoint import Checkpoint, CiRecord, GiRecord, GpuRecord
 from migd.core.layout import Placement
+from migd.core.parted_checkpoint import PartedCheckpoint, PartedCi, PartedGi, PartedGpu
 from migd.errors import ConfigError, Problem
 from migd.formats.files import atomic_write
 
@@ -116,8 +124,8 @@ class _Reader:
         return Placement(start, size)
 
 
-def loads(text: str, source: str = "<checkpoint>") -> Checkpoint:
-    """Parse a checkpoint file; raises ConfigError naming every problem found."""
+def loads(text: str, source: str = "<checkpoint>") -> Checkpoint | PartedCheckpoint:
+    """Parse a checkpoint file, migd's or mig-parted's; ConfigError names every problem."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -125,6 +133,8 @@ def loads(text: str, source: str = "<checkpoint>") -> Checkpoint:
     reader = _Reader(source)
     if not isinstance(doc, dict):
         raise ConfigError.of_file(source, "a checkpoint is a JSON object")
+    if "MigState" in doc or "Version" in doc:
+        return _parted(doc, reader)
     if doc.get("version") != VERSION:
         raise ConfigError(
             [
@@ -194,7 +204,65 @@ def loads(text: str, source: str = "<checkpoint>") -> Checkpoint:
     return Checkpoint(gpus=tuple(gpus), driver_version=str(doc.get("driver_version", "")))
 
 
-def read(path: str | Path) -> Checkpoint:
+def _parted(doc: Mapping[str, Any], reader: _Reader) -> PartedCheckpoint:
+    """mig-parted's checkpoint (Go's JSON of ``checkpoint.State``; nil lists are null)."""
+    if doc.get("Version") != VERSION:
+        reader.problem(
+            "Version",
+            f"unsupported mig-parted checkpoint version {doc.get('Version')!r} "
+            f"(expected {VERSION!r})",
+        )
+        raise ConfigError(reader.problems)
+    state = reader.get(doc, "MigState", dict, "") or {}
+    gpus = []
+    for i, raw_gpu in enumerate(_items(reader, state, "Devices", "MigState")):
+        path = f"MigState.Devices[{i}]"
+        uuid = reader.get(raw_gpu, "UUID", str, path)
+        mode = reader.get(raw_gpu, "MigMode", int, path)
+        if mode not in (None, 0, 1):
+            reader.problem(f"{path}.MigMode", f"must be 0 (disabled) or 1 (enabled), not {mode}")
+        instances = []
+        for j, raw_gi in enumerate(_items(reader, raw_gpu, "GpuInstances", path)):
+            gi_path = f"{path}.GpuInstances[{j}]"
+            index = reader.get(raw_gi, "ProfileID", int, gi_path)
+            raw_place = reader.get(raw_gi, "Placement", dict, gi_path)
+            placement = None
+            if raw_place is not None:
+                start = reader.get(raw_place, "Start", int, f"{gi_path}.Placement")
+                size = reader.get(raw_place, "Size", int, f"{gi_path}.Placement")
+                if start is not None and size is not None and start >= 0 and size >= 1:
+                    placement = Placement(start, size)
+                elif start is not None and size is not None:
+                    reader.problem(f"{gi_path}.Placement", "Start must be ≥ 0 and Size ≥ 1")
+            cis = []
+            for k, raw_ci in enumerate(_items(reader, raw_gi, "ComputeInstances", gi_path)):
+                ci_path = f"{gi_path}.ComputeInstances[{k}]"
+                ci_index = reader.get(raw_ci, "ProfileID", int, ci_path)
+                engine = raw_ci.get("EngProfileID", 0)
+                if ci_index is not None:
+                    cis.append(PartedCi(ci_index, engine if isinstance(engine, int) else -1))
+            if index is not None and placement is not None:
+                instances.append(PartedGi(index, placement, tuple(cis)))
+        if uuid is not None and mode in (0, 1):
+            gpus.append(PartedGpu(uuid, mode == 1, tuple(instances)))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return PartedCheckpoint(tuple(gpus))
+
+
+def _items(reader: _Reader, obj: Mapping[str, Any], key: str, path: str) -> list[Any]:
+    """The objects of the list ``obj[key]``; Go writes an empty list as null or leaves it out."""
+    if obj.get(key) is None:
+        return []
+    items = reader.get(obj, key, list, path) or []
+    where = f"{path}.{key}" if path else key
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            reader.problem(f"{where}[{i}]", "must be an object")
+    return [item for item in items if isinstance(item, dict)]
+
+
+def read(path: str | Path) -> Checkpoint | PartedCheckpoint:
     """Read a checkpoint file ('-' = stdin)."""
     if str(path) == "-":
         return loads(sys.stdin.read(), "<stdin>")

@@ -12,8 +12,10 @@ Parsed here and nowhere else, through the located-YAML reader; running the hooks
 ``migd.node.hooks``'s job. Deliberate differences from mig-parted, each turning a
 silent surprise into a message:
 
-- an unknown stage name or hook key is an error (mig-parted ignores ``pre-apply-configs:``
-  or ``env:``, so that hook or those variables would silently never apply);
+- an unknown hook key is an error (mig-parted ignores ``env:``, so those variables
+  would silently never apply); a hook under a stage name that is not one of the four
+  is not run, as in mig-parted, but warned about with its line (``pre-apply-configs:``
+  would otherwise never run, silently);
 - ``workdir`` must be an absolute path (the daemon runs from ``/``);
 - ``command``, ``args`` and ``envs`` values must be text (mig-parted, in Go, refuses
   numbers and booleans there too).
@@ -21,6 +23,7 @@ silent surprise into a message:
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -38,6 +41,8 @@ from migd.formats.yaml_reader import (
     read_version,
     read_yaml_document,
 )
+
+log = logging.getLogger("migd.formats.hooks_file")
 
 HOOKS_VERSION = "v1"
 
@@ -80,10 +85,14 @@ class Hook:
 
 @dataclass(frozen=True)
 class HooksFile:
-    """A parsed hooks file: its hooks, stage by stage in file order."""
+    """A parsed hooks file: its hooks, stage by stage in file order.
+
+    ``ignored`` names, with their place, the stages that are none of :data:`STAGES`.
+    """
 
     source: str | None
     hooks: tuple[Hook, ...] = ()
+    ignored: tuple[str, ...] = ()
 
     def stage(self, name: str) -> tuple[Hook, ...]:
         return tuple(h for h in self.hooks if h.stage == name)
@@ -98,8 +107,12 @@ def parse_hooks(data: bytes, source: str) -> HooksFile:
 
 
 def load_hooks(path: str, *, euid: int | None = None) -> HooksFile:
-    """Read and parse the hooks file at ``path`` under the root file policy."""
-    return parse_hooks(read_trusted_file(path, euid=euid), path)
+    """Read and parse the hooks file at ``path`` under the root file policy; the stages it
+    ignores are logged as warnings."""
+    hooks = parse_hooks(read_trusted_file(path, euid=euid), path)
+    for warning in hooks.ignored:
+        log.warning("%s", warning)
+    return hooks
 
 
 def _read_hooks_document(r: YamlReader, root: YamlNode | None) -> HooksFile:
@@ -110,16 +123,16 @@ def _read_hooks_document(r: YamlReader, root: YamlNode | None) -> HooksFile:
         r, root, found, HOOKS_VERSION, reads=f"version: {HOOKS_VERSION} (mig-parted's hooks format)"
     )
     hooks: list[Hook] = []
+    ignored: list[str] = []
     if "hooks" in found and not is_null(found["hooks"][1]):
         _, node = found["hooks"]
         for stage, key_node, value_node in r.mapping(node, "hooks", "hooks"):
             path = join_key("hooks", stage)
             if stage not in STAGES:
-                r.report(
-                    key_node,
-                    path,
-                    f"unknown hook {shorten(stage)!r}; mig-parted's hooks are "
-                    f"{', '.join(STAGES)} (mig-parted would silently never run it)",
+                mark = key_node.start_mark
+                ignored.append(
+                    f"{r.source}:{mark.line + 1}:{mark.column + 1}: {path}: unknown hook "
+                    f"{shorten(stage)!r}, not run; mig-parted's hooks are {', '.join(STAGES)}"
                 )
                 continue
             if not is_null(value_node):
@@ -129,7 +142,7 @@ def _read_hooks_document(r: YamlReader, root: YamlNode | None) -> HooksFile:
                 hooks.extend(stage_hooks if ok else ())  # type: ignore[arg-type]
     # Stages in migd's order, whatever order the file lists them in.
     hooks.sort(key=lambda h: STAGES.index(h.stage))
-    return HooksFile(r.source, tuple(hooks))
+    return HooksFile(r.source, tuple(hooks), tuple(ignored))
 
 
 def _read_stage(r: YamlReader, node: YamlNode, path: str, stage: str) -> list[Hook]:

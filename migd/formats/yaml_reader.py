@@ -176,11 +176,36 @@ class _ComposingLoader(yaml.SafeLoader):
 
     The composer is recursive; without a bound a file of ten thousand ``[`` would
     exhaust Python's stack instead of producing a message.
+
+    Its scanner skips tabs between tokens where libyaml does (and so go-yaml, which
+    reads mig-parted's files): inside flow collections, and where no simple key may
+    start. PyYAML skips only spaces, so tab-indented JSON (what ``jq`` and many
+    ConfigMaps hold) would be refused although mig-parted reads it. Tabs that indent
+    block YAML stay an error, as in both.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+
+    def scan_to_next_token(self) -> None:
+        # PyYAML's Scanner.scan_to_next_token with libyaml's rule for tabs.
+        if self.index == 0 and self.peek() == "\ufeff":
+            self.forward()
+        found = False
+        while not found:
+            while self.peek() == " " or (
+                self.peek() == "\t" and (self.flow_level or not self.allow_simple_key)
+            ):
+                self.forward()
+            if self.peek() == "#":
+                while self.peek() not in "\0\r\n\x85\u2028\u2029":
+                    self.forward()
+            if self.scan_line_break():
+                if not self.flow_level:
+                    self.allow_simple_key = True
+            else:
+                found = True
 
     def compose_node(self, parent: YamlNode | None, index: object) -> YamlNode:
         self._depth += 1

@@ -24,7 +24,9 @@ ends the apply before any GPU is touched (:class:`ChangeAborted`, exit 1). Failu
 after the change (a unit that will not start, a refresh, ``apply-exit``) are
 reported and logged but do not change its outcome. A reconcile with nothing to do
 (every GPU right, or only blocked ones: migd never destroys work unless forced)
-runs no hook and stops nothing.
+stops nothing, and in the daemon runs no hook (it checks the GPUs every minute);
+``migd apply`` and ``migd restore`` run ``apply-start`` and ``apply-exit`` all the
+same, as mig-parted does on every apply.
 
 systemd is driven through ``systemctl`` as an argv (:class:`Systemctl`, injectable),
 each call with a timeout. The GPU Operator's gpu-clients file naming more client units
@@ -385,18 +387,22 @@ def around_change(
     context: HookContext,
     post_boot: bool,
     say: Callable[[str], None] | None = None,
+    hooks_when_idle: bool = False,
 ) -> ChangeReport:
     """Run ``act`` (the reconcile) inside the node's services, as the module doc says.
 
     ``post_boot``: the daemon has sent its first READY (or this is ``migd apply``), so
     consumers already run and must be refreshed after a change. ``say`` hears progress
-    lines (the executor's progress callback). Raises ChangeAborted when a hook or a
-    unit stopped the change before any GPU was touched; whatever ``act`` raises is
-    raised again after the units were started and ``apply-exit`` ran.
+    lines (the executor's progress callback). ``hooks_when_idle``: ``apply-start`` and
+    ``apply-exit`` run even when nothing changes, as mig-parted runs them on every
+    apply (its shipped hooks persist the selected config and start services there).
+    Raises ChangeAborted when a hook or a unit stopped the change before any GPU was
+    touched; whatever ``act`` raises is raised again after the units were started and
+    ``apply-exit`` ran.
     """
     tell = say or (lambda line: None)
     name = context.selected_config
-    if not change.any:
+    if not change.any and not hooks_when_idle:
         result = act()
         strategy = _strategy(services, result.snapshot)
         problem = _label(services, name, state_of(result), result.exit_code == 0, strategy)
@@ -474,40 +480,78 @@ def apply_with_services(
     *,
     post_boot: bool,
     reset_timeout: float | None = None,
+    hooks_when_idle: bool = False,
 ) -> ChangeReport:
     """Read the node, plan config ``name`` on it, and carry the plan out inside the services.
 
     The entry point of ``migd apply`` and of the daemon. The plan says which hooks run
     and which units stop. InvalidRequest (a layout that cannot be planned) is raised
-    before any hook runs; ChangeAborted as in :func:`around_change`.
+    before any hook runs; ChangeAborted as in :func:`around_change`;
+    ``hooks_when_idle`` as there.
     """
     entries = config.entries(name)
 
-    def plan_now() -> NodePlan:
-        snapshot = adapter.snapshot()
+    def plan_for(snapshot: NodeSnapshot) -> NodePlan:
         desired = desired_layouts(snapshot, entries)
         return plan_node(snapshot, desired, force=options.force, mode_only=options.mode_only)
 
-    plan = plan_now()
+    return reconcile_with_services(
+        adapter,
+        plan_for,
+        options,
+        services,
+        name=name,
+        source=config.source,
+        post_boot=post_boot,
+        reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
+        hooks_when_idle=hooks_when_idle,
+    )
+
+
+def reconcile_with_services(
+    adapter: NvmlAdapter,
+    plan_for: Callable[[NodeSnapshot], NodePlan],
+    options: ReconcileOptions,
+    services: NodeServices,
+    *,
+    name: str,
+    source: str,
+    post_boot: bool,
+    reset_timeout: float,
+    hooks_when_idle: bool = False,
+) -> ChangeReport:
+    """Read the node, plan with ``plan_for``, and carry the plan out inside the services.
+
+    What :func:`apply_with_services` does for a config, for any goal: ``migd restore``
+    plans towards a checkpoint. ``name`` and ``source`` are what the hooks are told
+    (``MIG_PARTED_SELECTED_CONFIG``, ``MIG_PARTED_CONFIG_FILE``).
+    """
+    plan = plan_for(adapter.snapshot())
     change = Change.of(plan)
 
     def act() -> ReconcileResult:
         # Hooks and stopped units may have ended processes: plan again from a fresh read.
         return execute(
             adapter,
-            plan_now() if change.any else plan,
+            plan_for(adapter.snapshot()) if change.any else plan,
             options,
             config_name=name,
-            reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
+            reset_timeout=reset_timeout,
         )
 
     context = HookContext(
         selected_config=name,
-        config_file=config.source,
+        config_file=source,
         hooks_file=services.hooks.source or "",
         skip_reset=options.skip_reset,
         mode_only=options.mode_only,
     )
     return around_change(
-        services, change, act, context=context, post_boot=post_boot, say=options.progress
+        services,
+        change,
+        act,
+        context=context,
+        post_boot=post_boot,
+        say=options.progress,
+        hooks_when_idle=hooks_when_idle,
     )

@@ -13,8 +13,8 @@ migd's own environment is never passed on.
 Deliberate differences from mig-parted, each turning a silent surprise into a message
 or a bounded failure:
 
-- an unknown stage name or hook key is an error, and ``workdir`` must be absolute
-  (``migd.formats.hooks_file``);
+- an unknown hook key is an error, ``workdir`` must be absolute, and a stage name that
+  is none of the four is warned about (``migd.formats.hooks_file``);
 - every hook has a timeout (``settings.command-timeout``), after which its whole
   process group is killed; mig-parted waits forever, and a hook blocked on a unit
   ordered after the daemon hangs the boot (mig-parted issues #68, #11, #8);
@@ -22,7 +22,9 @@ or a bounded failure:
   they stopped), and all its hooks run even when one fails;
 - hooks get a ``PATH`` (systemd's default unless their ``envs`` set one); mig-parted
   gives them none, so only absolute commands and bash's built-in default worked;
-- a change that changes nothing runs no hook: the daemon checks the GPUs every minute.
+- in the daemon, a reconcile that changes nothing runs no hook (it checks the GPUs
+  every minute); ``migd apply`` and ``migd restore`` run ``apply-start`` and
+  ``apply-exit`` every time, as mig-parted does.
 
 A hook runs through :func:`migd.command.run_command`, as every external program does.
 """
