@@ -192,7 +192,12 @@ class FakeGpus:
         self.checks = 0
 
     def reconcile(
-        self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
+        self,
+        loaded: Loaded,
+        options: ReconcileOptions,
+        *,
+        post_boot: bool = False,
+        leave_alone: frozenset[int] = frozenset(),
     ) -> ReconcileResult:
         self.reconciles.append(loaded.name)
         if options.progress is not None:

@@ -29,6 +29,7 @@ from migd.daemon.view import DaemonObserver
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
 from migd.formats.files import atomic_write
 from migd.log import setup_logging
+from migd.node.lock import NodeLock, node_lock_path
 from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
 
 # How long `migd reload` waits by default: the unit's TimeoutStartSec, which also
@@ -188,7 +189,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     config_file = os.path.abspath(args.config_file)
     runtime = RuntimeDir(Path(args.runtime_dir))
     lock = runtime.claim(os.getpid())
+    node = NodeLock(node_lock_path(environ, args.simulate))
     metrics: MetricsEndpoint | None = None
+    try:
+        owner = node.claim_daemon(os.getpid(), config_file)
+    except MigdError:
+        lock.release()
+        raise
     try:
         try:
             startup: Loaded | ConfigError = load_selected(
@@ -213,13 +220,19 @@ def run_daemon(args: argparse.Namespace) -> int:
             watchdog_interval=watchdog_interval(environ, os.getpid()),
         )
         daemon = Daemon(
-            options, NvmlGpus(), startup, runtime=runtime, notifier=notifier, observers=observers
+            options,
+            NvmlGpus(node=node),
+            startup,
+            runtime=runtime,
+            notifier=notifier,
+            observers=observers,
         )
         return daemon.run()
     finally:
         if metrics is not None:
             metrics.server.stop()
         notifier.close()
+        owner.release()
         lock.release()
 
 

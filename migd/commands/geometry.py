@@ -9,6 +9,7 @@ turns the result into text and an exit code; no decision is made here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,12 +30,21 @@ from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, r
 from migd.gpu.executor import ReconcileOptions, ReconcileResult, execute, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services
+from migd.node.lock import (
+    DEFAULT_NODE_LOCK,
+    DEFAULT_WAIT_SECONDS,
+    NODE_LOCK_ENV,
+    NodeLock,
+    node_lock_path,
+    one_shot_change,
+)
 
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
 
 EXIT_CODES = """\
 exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (nothing
-            touched), 3 blocked by running processes, 4 reboot required
+            touched), 3 blocked by running processes, 4 reboot required, 5 the node
+            is owned by the migd daemon or busy with another change (nothing touched)
 """
 
 
@@ -84,6 +94,24 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         "--sequential",
         action="store_true",
         help="change one GPU after another instead of all in parallel",
+    )
+    parser.add_argument(
+        "--override-daemon",
+        dest="override_daemon",
+        action="store_true",
+        help="change the GPUs even though a migd daemon owns the node (without it the "
+        "verb refuses, exit 5): waits for the daemon's change in flight, then tells the "
+        "daemon to check the GPUs at once",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        dest="lock_timeout",
+        type=float,
+        metavar="S",
+        default=DEFAULT_WAIT_SECONDS,
+        help="how long to wait for another change on this node to end before giving up, "
+        f"exit 5 (default {DEFAULT_WAIT_SECONDS:g}; node lock: ${NODE_LOCK_ENV}, else "
+        f"{DEFAULT_NODE_LOCK}, or beside the --simulate state)",
     )
 
 
@@ -152,6 +180,18 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
         parallel=not args.sequential,
         reset_command=reset_command(args, config),
         progress=_say,
+    )
+
+
+def _as_only_writer(args: argparse.Namespace, verb: str) -> contextlib.AbstractContextManager[None]:
+    """The node lock around a change (``migd.node.lock``): refused while a daemon owns it."""
+    lock = NodeLock(node_lock_path(os.environ, args.simulate))
+    return one_shot_change(
+        lock,
+        f"migd {verb}",
+        override_daemon=args.override_daemon,
+        timeout=args.lock_timeout,
+        say=_say,
     )
 
 
@@ -233,7 +273,7 @@ def run_apply(args: argparse.Namespace) -> int:
     # Hooks, GPU client units, post-change refreshes and NFD labels (migd.node.change): the
     # hooks and gpu-clients files are read here, so a bad one touches no GPU.
     services = NodeServices.from_settings(config.settings, hooks_file=args.hooks_file)
-    with NvmlAdapter.open() as nvml:
+    with _as_only_writer(args, "apply"), NvmlAdapter.open() as nvml:
         report = apply_with_services(
             nvml, config, name, _options(args, config), services, post_boot=True
         )
@@ -374,7 +414,7 @@ RESTORE_EXAMPLES = """\
 def run_restore(args: argparse.Namespace) -> int:
     saved = checkpoint_file.read(args.file)
     options = _options(args, None)
-    with NvmlAdapter.open() as nvml:
+    with _as_only_writer(args, "restore"), NvmlAdapter.open() as nvml:
         # Restoring is planning towards the recorded geometry, then carrying it out.
         plan = plan_node(nvml.snapshot(), saved, force=options.force)
         result = execute(nvml, plan, options, config_name="checkpoint")

@@ -227,6 +227,7 @@ def state_document(view: DaemonView) -> dict[str, Any]:
             "outcome": gpu.outcome,
             "reason": gpu.reason,
             "reboot_required": gpu.reboot_required,
+            "contested": gpu.contested,
         }
         state = gpus_now.get(gpu.index)
         if state is not None:

@@ -360,11 +360,15 @@ def _label(
     state: State,
     in_sync: bool,
     strategy: StrategyCheck | None,
+    contested: frozenset[int] = frozenset(),
 ) -> str | None:
     if services.nfd_path is None:
         return None
     compatible = None if strategy is None else strategy.compatible
-    labels = NodeLabels(name, state, in_sync, compatible)
+    if contested and state == "success":
+        # A contested GPU is left alone, so the reconcile "succeeded" without it.
+        state, in_sync = "failed", False
+    labels = NodeLabels(name, state, in_sync, compatible, tuple(sorted(contested)))
     return write_labels(services.nfd_path, labels)
 
 
@@ -385,6 +389,7 @@ def around_change(
     context: HookContext,
     post_boot: bool,
     say: Callable[[str], None] | None = None,
+    contested: frozenset[int] = frozenset(),
 ) -> ChangeReport:
     """Run ``act`` (the reconcile) inside the node's services, as the module doc says.
 
@@ -399,7 +404,9 @@ def around_change(
     if not change.any:
         result = act()
         strategy = _strategy(services, result.snapshot)
-        problem = _label(services, name, state_of(result), result.exit_code == 0, strategy)
+        problem = _label(
+            services, name, state_of(result), result.exit_code == 0, strategy, contested
+        )
         return ChangeReport(
             result, change, strategy=strategy, problems=(problem,) if problem else ()
         )
@@ -446,7 +453,7 @@ def around_change(
         strategy = _strategy(services, snapshot)
         in_sync = result is not None and result.exit_code == 0
         state: State = "failed" if result is None else state_of(result)
-        problem = _label(services, name, state, in_sync, strategy)
+        problem = _label(services, name, state, in_sync, strategy, contested)
         if problem:
             problems.append(problem)
     report = ChangeReport(
@@ -474,18 +481,22 @@ def apply_with_services(
     *,
     post_boot: bool,
     reset_timeout: float | None = None,
+    leave_alone: frozenset[int] = frozenset(),
 ) -> ChangeReport:
     """Read the node, plan config ``name`` on it, and carry the plan out inside the services.
 
     The entry point of ``migd apply`` and of the daemon. The plan says which hooks run
-    and which units stop. InvalidRequest (a layout that cannot be planned) is raised
-    before any hook runs; ChangeAborted as in :func:`around_change`.
+    and which units stop. GPUs in ``leave_alone`` (those the daemon found contested by
+    another controller) are planned as if the config did not cover them. InvalidRequest
+    (a layout that cannot be planned) is raised before any hook runs; ChangeAborted as
+    in :func:`around_change`.
     """
     entries = config.entries(name)
 
     def plan_now() -> NodePlan:
         snapshot = adapter.snapshot()
         desired = desired_layouts(snapshot, entries)
+        desired = tuple(d for d in desired if d.index not in leave_alone)
         return plan_node(snapshot, desired, force=options.force, mode_only=options.mode_only)
 
     plan = plan_now()
@@ -509,5 +520,11 @@ def apply_with_services(
         mode_only=options.mode_only,
     )
     return around_change(
-        services, change, act, context=context, post_boot=post_boot, say=options.progress
+        services,
+        change,
+        act,
+        context=context,
+        post_boot=post_boot,
+        say=options.progress,
+        contested=leave_alone,
     )
