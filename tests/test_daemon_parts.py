@@ -504,5 +504,12 @@ def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "run" / "state.json").read_text())
     assert doc["phase"] == "stopping" and doc["selected_config"] == "balanced"
     assert doc["gpus"] == [
-        {"index": 0, "in_sync": True, "outcome": "applied", "reason": "", "reboot_required": False}
+        {
+            "index": 0,
+            "in_sync": True,
+            "outcome": "applied",
+            "reason": "",
+            "reboot_required": False,
+            "contested": False,
+        }
     ]
