@@ -90,8 +90,8 @@ def gpu_changes(before: GpuState, after: GpuState) -> tuple[str, ...]:
         names = "+".join(spec_names(gpu, gi_spec(gi)))
         return f"GI {gi.id} ({names} at {gi.placement})"
 
-    old = {label(before, gi) for gi in before.instances}
-    new = {label(after, gi) for gi in after.instances}
-    changes += [f"{gi} disappeared" for gi in sorted(old - new)]
-    changes += [f"{gi} appeared" for gi in sorted(new - old)]
+    old = {label(before, gi): gi.id for gi in before.instances}
+    new = {label(after, gi): gi.id for gi in after.instances}
+    changes += [f"{gi} disappeared" for gi in sorted(old.keys() - new, key=old.__getitem__)]
+    changes += [f"{gi} appeared" for gi in sorted(new.keys() - old, key=new.__getitem__)]
     return tuple(changes)
