@@ -189,6 +189,7 @@ class FakeGpus:
         self.gate = gate
         self.check_gate = check_gate
         self.reconciles: list[str] = []
+        self.left_alone: list[frozenset[int]] = []
         self.checks = 0
 
     def reconcile(
@@ -200,6 +201,7 @@ class FakeGpus:
         leave_alone: frozenset[int] = frozenset(),
     ) -> ReconcileResult:
         self.reconciles.append(loaded.name)
+        self.left_alone.append(leave_alone)
         if options.progress is not None:
             options.progress(f"applying {loaded.name} to GPU 0 (1/1)")
         if self.gate is not None:
@@ -493,6 +495,45 @@ def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> 
     assert view.phase is Phase.DEGRADED
     assert view.gpus[0].reason == "drifted: holds 1g.18gb×6, config wants 1g.18gb×7"
     assert gpus.reconciles == ["balanced"]  # the startup only: nothing repaired
+
+
+def limited(window: str) -> str:
+    """A config whose drift checks come every 0.05 s and repair twice per ``window``."""
+    text = config_text(drift="0.05s")
+    assert "    policy: repair\n" in text
+    return text.replace(
+        "    policy: repair\n", f"    policy: repair\n    max-repairs: 2\n    window: {window}\n"
+    )
+
+
+def test_a_gpu_drifting_after_max_repairs_within_the_window_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
+    _, recorder, _ = drive(
+        tmp_path,
+        gpus,
+        config=limited("1h"),
+        until=lambda r: gpus.checks >= 6 and bool(r.views) and r.views[-1].gpus[0].contested,
+    )
+    # Startup, two repairs, then one reconcile that leaves GPU 0 alone (for its labels),
+    # and none after it however often it is found drifted.
+    assert gpus.reconciles == ["balanced"] * 4
+    assert gpus.left_alone == [frozenset(), frozenset(), frozenset(), frozenset({0})]
+    view = recorder.before_stop()
+    assert view.phase is Phase.DEGRADED and view.gpus[0].outcome == "contested"
+    assert "GPU 0 contested: drifted again after 2 repairs within 3600 s" in view.status_line
+
+
+def test_repairs_older_than_the_window_do_not_count(tmp_path: Path) -> None:
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
+    _, recorder, _ = drive(
+        tmp_path, gpus, config=limited("0.001s"), until=lambda r: len(gpus.reconciles) >= 6
+    )
+    assert not any(g.contested for v in recorder.views for g in v.gpus)
+    assert set(gpus.left_alone) == {frozenset()}
 
 
 def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
