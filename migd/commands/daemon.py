@@ -154,8 +154,10 @@ only once the GPUs are right. Then keep them right:
   - config file edits (in place, editor atomic saves, Kubernetes ConfigMap updates)
     are applied within a second; a touch that leaves the content unchanged does nothing;
   - SIGHUP, 'migd reload' and 'systemctl reload migd' reload the config;
-  - every drift-check interval the GPUs are compared with the config and, under
-    policy repair, put back (policy report only reports);
+  - every drift-check interval (and at once on SIGUSR1) the GPUs are compared with
+    the config, what changed is named per GPU and, under policy repair, put back
+    (policy report only reports); a GPU that drifts again after max-repairs repairs
+    within the window is contested: left alone until a reload or a config edit;
   - a failed reconcile is retried with exponential backoff, without any edit.
 
 An invalid config is refused with every problem as FILE:LINE:COL: key: message: the
@@ -168,6 +170,10 @@ EXTEND_TIMEOUT_USEC during long changes, WATCHDOG=1 when WatchdogSec= is set (wi
 while an NVML call is stuck, so systemd restarts a daemon wedged in the driver) and
 STOPPING=1 on SIGTERM. A stop lets a change in progress finish or roll back, starts
 nothing new (no retry, reload or drift repair), then exits 0.
+
+The daemon owns the node: each of its changes holds the node lock (/run/migd/node.lock,
+$MIGD_NODE_LOCK), and while it runs one-shot 'apply' and 'restore' (also as
+nvidia-mig-parted) refuse with exit 5 unless given --override-daemon.
 """
 
 RUN_EPILOG = """\

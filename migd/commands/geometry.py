@@ -258,6 +258,11 @@ left unchanged). GPUs change in parallel; a GPU whose change fails is put back a
 was, the others keep their new layout. A pending MIG mode change (Ampere) is activated
 by resetting only the GPUs that need it, with the config's reset command. An invalid
 config or an unknown profile touches no GPU at all. A second run does nothing.
+
+One writer per node: while 'migd run' owns the node, apply refuses before touching
+anything (exit 5): edit the daemon's config and 'systemctl reload migd' instead, or
+give --override-daemon. Another apply or restore in flight is waited for, up to
+--lock-timeout seconds.
 """
 
 APPLY_EXAMPLES = """\
@@ -404,6 +409,7 @@ Put every GPU recorded in a checkpoint file back to its exact geometry, with exp
 placements (GPU instance ids may differ; profiles and placements match). GPUs are
 found by UUID. Instances that match are kept; instances running a process are not
 destroyed unless --force is given. A GPU whose restore fails is put back as it was.
+Refused while 'migd run' owns the node, as apply is (exit 5; --override-daemon).
 """
 
 RESTORE_EXAMPLES = """\
