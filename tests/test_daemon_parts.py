@@ -16,6 +16,7 @@ from geometry_support import A100, make_node, scratch_dir
 from geometry_support import config_text as geometry_config
 from process_support import ended
 
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.daemon.loop import (
     ConfigTouched,
@@ -35,6 +36,7 @@ from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir
 from migd.daemon.view import DaemonObserver, DaemonView, Observers, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.formats.files import atomic_write
+from migd.formats.gpu_models import load_model
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 
 # ---------------------------------------------------------------------------
@@ -183,8 +185,10 @@ class FakeGpus:
         drift: tuple[Drift, ...] = (),
         gate: threading.Event | None = None,
         check_gate: threading.Event | None = None,
+        snapshot: NodeSnapshot | None = None,
     ) -> None:
         self.outcomes = list(outcomes)
+        self.snapshot = snapshot or NodeSnapshot(())
         self.drift = drift
         self.gate = gate
         self.check_gate = check_gate
@@ -213,14 +217,14 @@ class FakeGpus:
             loaded.name,
             (GpuResult(0, outcome, reason="" if outcome is GpuOutcome.APPLIED else "it broke"),),
             (DesiredGpu(0, True),),
-            NodeSnapshot(()),
+            self.snapshot,
         )
 
     def check(self, loaded: Loaded) -> DriftReport:
         self.checks += 1
         if self.check_gate is not None:
             self.check_gate.wait(timeout=30)
-        return DriftReport(NodeSnapshot(()), (DesiredGpu(0, True),), self.drift)
+        return DriftReport(self.snapshot, (DesiredGpu(0, True),), self.drift)
 
     def oldest_call_started(self) -> float | None:
         return None
@@ -531,6 +535,21 @@ def test_repairs_older_than_the_window_do_not_count(tmp_path: Path) -> None:
     gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
     _, recorder, _ = drive(
         tmp_path, gpus, config=limited("0.001s"), until=lambda r: len(gpus.reconciles) >= 6
+    )
+    assert not any(g.contested for v in recorder.views for g in v.gpus)
+    assert set(gpus.left_alone) == {frozenset()}
+
+
+def test_a_gpu_found_as_it_was_left_is_no_new_drift_and_never_contested(
+    tmp_path: Path,
+) -> None:
+    # A blocked GPU stays as it was: each check finds it differing from the config, but
+    # nothing changed it behind migd's back.
+    node = NodeSnapshot((blank_gpu(load_model("H200"), index=0, mig_enabled=True),))
+    drift = (Drift(0, "holds nothing, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.BLOCKED], drift=drift, snapshot=node)
+    _, recorder, _ = drive(
+        tmp_path, gpus, config=limited("1h"), until=lambda r: len(gpus.reconciles) >= 6
     )
     assert not any(g.contested for v in recorder.views for g in v.gpus)
     assert set(gpus.left_alone) == {frozenset()}

@@ -805,29 +805,29 @@ class Daemon:
         previous = {g.index: g for g in self._snapshot.gpus} if self._snapshot else {}
         now = {g.index: g for g in report.snapshot.gpus}
         drifted = []
+        changed = []  # the GPUs changed behind migd's back since it last looked
         for drift in report.drifted:
             before, after = previous.get(drift.index), now.get(drift.index)
             changes = gpu_changes(before, after) if before and after else ()
             drift = Drift(drift.index, drift.text, drift.repairable, changes)
             drifted.append(drift)
-            # A GPU found drifted again, unchanged since the last look, is no new event.
-            if changes or before is None or drift.index not in self._drifted_indexes():
+            # A GPU found as it was at the last look (left blocked, say, or contested
+            # and untouched since) is no new event.
+            if changes or before is None:
                 log.warning("drift: GPU %d %s", drift.index, drift.describe())
                 self._observers.drifted(drift.index)
+                changed.append(drift)
         self._snapshot = report.snapshot
         self._desired = report.desired
         self._drift = tuple(drifted)
         if self._settings.drift_check.policy != "repair":
             return
-        newly_contested = self._count_repairs(d.index for d in drifted if d.repairable)
+        newly_contested = self._count_repairs(d.index for d in changed if d.repairable)
         repair = any(d.repairable and d.index not in self._contested for d in drifted)
         if repair or newly_contested:
             # Also when only a GPU became contested: the reconcile leaves it alone and
             # rewrites the node's labels to say so.
             self._start(ReconcileJob(Trigger.DRIFT, job.loaded))
-
-    def _drifted_indexes(self) -> set[int]:
-        return {d.index for d in self._drift}
 
     def _count_repairs(self, indexes: Iterable[int]) -> bool:
         """Count a repair for each drifted GPU, or mark it contested; True when one became so.
@@ -889,7 +889,7 @@ class Daemon:
             if gpu.index in self._contested:
                 reason = self._contested[gpu.index]
                 if drifted.get(gpu.index):
-                    reason += f"; holds now: {drifted[gpu.index]}"
+                    reason += f"; {drifted[gpu.index]}"
                 views.append(GpuView(gpu.index, False, "contested", reason, contested=True))
                 continue
             if stale:
