@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from migd.errors import NodeBusy
+from migd.errors import MigdError, NodeBusy
 
 DEFAULT_NODE_LOCK = "/run/migd/node.lock"
 NODE_LOCK_ENV = "MIGD_NODE_LOCK"
@@ -120,7 +120,7 @@ class NodeLock:
         try:
             fd = _open(self.daemon_path)
         except OSError as exc:
-            raise NodeBusy(f"cannot create {self.daemon_path}: {exc.strerror}") from None
+            raise MigdError(f"cannot create {self.daemon_path}: {exc.strerror}") from None
         if not _try_lock(fd, fcntl.LOCK_EX):
             os.close(fd)
             other = self.daemon()
@@ -168,7 +168,7 @@ class NodeLock:
         try:
             fd = _open(self.path)
         except OSError as exc:
-            raise NodeBusy(f"cannot take the node lock {self.path}: {exc.strerror}") from None
+            raise MigdError(f"cannot take the node lock {self.path}: {exc.strerror}") from None
         try:
             if not _try_lock(fd, fcntl.LOCK_EX):
                 holder = self.holder()
@@ -197,7 +197,7 @@ class NodeLock:
         try:
             fd = _open(self.path)
         except OSError as exc:
-            raise NodeBusy(f"cannot take the node lock {self.path}: {exc.strerror}") from None
+            raise MigdError(f"cannot take the node lock {self.path}: {exc.strerror}") from None
         try:
             if not _try_lock(fd, fcntl.LOCK_EX):
                 yield self.holder()
