@@ -32,7 +32,9 @@ from geometry_support import mutating_calls, stats
 
 from migd.node.lock import NodeLock
 
-SLOW_CREATE = "nvmlDeviceCreateGpuInstanceWithPlacement"
+# The first instance creation hangs for a while: the change that makes it holds the
+# node lock long enough for another process to start and find it held.
+HANG = ("--call", "nvmlDeviceCreateGpuInstanceWithPlacement", "--hang", "2.5")
 
 
 def node_lock(state: Path) -> NodeLock:
@@ -78,8 +80,7 @@ def test_override_waits_for_the_daemons_change_and_the_daemon_looks_at_once(
     # No drift checks: only the one-shot's word can make the daemon look at the GPUs.
     # Policy report, so what the daemon found stays to be seen.
     config = config_text(drift="0", policy="report")
-    slow = ["--call", SLOW_CREATE, "--latency", "300", "--count", "6"]
-    with running(tmp_path, config, faults=[slow]) as daemon:
+    with running(tmp_path, config, faults=[HANG]) as daemon:
         daemon.notify.wait(
             lambda m: m.fields.get("STATUS", "").startswith("applying"), "the daemon applying"
         )
@@ -112,7 +113,7 @@ def test_override_waits_for_the_daemons_change_and_the_daemon_looks_at_once(
 def test_two_one_shot_applies_run_one_after_the_other(tmp_path: Path) -> None:
     state = tmp_path / "node.json"
     sim("init", str(state), "--gpu", "H200x2")
-    sim("fault", str(state), "--call", SLOW_CREATE, "--latency", "300", "--count", "6")
+    sim("fault", str(state), *HANG)
     config = tmp_path / "config.yaml"
     config.write_text(config_text())
     first = subprocess.Popen(
@@ -194,7 +195,11 @@ def test_a_gpu_another_controller_keeps_changing_becomes_contested(tmp_path: Pat
             done.set()
             thread.join(timeout=30)
 
-        doc = daemon.state_doc()
+        # Once the reconcile that follows (GPU 0 only: it writes the labels) is done.
+        doc = wait_for(
+            lambda: (d := daemon.state_doc()).get("phase") == "degraded" and d,
+            "the daemon degraded, not applying",
+        )
         gpu = {g["index"]: g for g in doc["gpus"]}
         assert gpu[1]["outcome"] == "contested" and not gpu[1]["in_sync"]
         assert "drifted again after 2 repairs within 60 s" in gpu[1]["reason"]
