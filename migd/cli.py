@@ -47,7 +47,8 @@ examples:
                                                   apply against the simulated node
 
 exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input,
-            3 blocked by running processes, 4 reboot required
+            3 blocked by running processes, 4 reboot required,
+            5 the node is owned by the migd daemon or busy with another change
 """
 
 

@@ -10,6 +10,7 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_BLOCKED = 3
 EXIT_REBOOT_REQUIRED = 4
+EXIT_BUSY = 5
 
 
 class MigdError(Exception):
@@ -65,6 +66,12 @@ class InvalidRequest(MigdError):
     """
 
     exit_code = EXIT_INVALID
+
+
+class NodeBusy(MigdError):
+    """Another owner holds the node (the daemon, or a change in flight); nothing was touched."""
+
+    exit_code = EXIT_BUSY
 
 
 class NvmlError(MigdError):

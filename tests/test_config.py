@@ -593,7 +593,7 @@ def test_settings_defaults() -> None:
     assert settings == Settings()
     assert settings.metrics.address == "127.0.0.1:9402"
     assert split_listen_address(settings.metrics.address) == ("127.0.0.1", 9402)
-    assert settings.drift_check == DriftCheckSettings(60.0, "repair")
+    assert settings.drift_check == DriftCheckSettings(60.0, "repair", 3, 900.0)
     assert settings.boot_policy == "continue"
     assert settings.retry == RetrySettings(5.0, 300.0)
     assert settings.reset_command == ("nvidia-smi", "-r", "-i", "{bus_ids}")
@@ -618,7 +618,7 @@ def test_settings_every_key() -> None:
               cert-file: /etc/migd/tls/cert.pem
               key-file: /etc/migd/tls/key.pem
               client-ca-file: /etc/migd/tls/ca.pem
-          drift-check: {interval: 5m, policy: report}
+          drift-check: {interval: 5m, policy: report, max-repairs: 0, window: 1h}
           boot-policy: strict
           retry: {initial: 2.5, max: 1h}
           reset-command: ["/usr/bin/nvidia-smi", "-r", "-i", "{bus_ids}"]
@@ -639,7 +639,7 @@ def test_settings_every_key() -> None:
             "[::1]:9500",
             TlsSettings("/etc/migd/tls/cert.pem", "/etc/migd/tls/key.pem", "/etc/migd/tls/ca.pem"),
         ),
-        drift_check=DriftCheckSettings(300.0, "report"),
+        drift_check=DriftCheckSettings(300.0, "report", 0, 3600.0),
         boot_policy="strict",
         retry=RetrySettings(2.5, 3600.0),
         reset_command=("/usr/bin/nvidia-smi", "-r", "-i", "{bus_ids}"),
@@ -696,6 +696,10 @@ def test_drift_check_zero_disables_and_tls_without_client_ca() -> None:
         ("reset-timeout: 0", "more than 0"),
         ("drift-check: {interval: -5}", "0 (which disables it) or more"),
         ("drift-check: {policy: fix}", "repair, report"),
+        ("drift-check: {max-repairs: -1}", "whole number from 0 (no limit) to 1000"),
+        ("drift-check: {max-repairs: 2.5}", "whole number"),
+        ("drift-check: {max-repairs: true}", "whole number"),
+        ("drift-check: {window: 0}", "more than 0"),
         ("boot-policy: strcit", "did you mean strict"),
         ("retry: {initial: 0}", "more than 0"),
         ("retry: {initial: 1h, max: 10m}", "longer than retry.max"),

@@ -16,6 +16,7 @@ from geometry_support import A100, make_node, scratch_dir
 from geometry_support import config_text as geometry_config
 from process_support import ended
 
+from migd.core.gpu_models import blank_gpu
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.daemon.loop import (
     ConfigTouched,
@@ -35,6 +36,7 @@ from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir
 from migd.daemon.view import DaemonObserver, DaemonView, Observers, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.formats.files import atomic_write
+from migd.formats.gpu_models import load_model
 from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileOptions, ReconcileResult
 
 # ---------------------------------------------------------------------------
@@ -183,18 +185,27 @@ class FakeGpus:
         drift: tuple[Drift, ...] = (),
         gate: threading.Event | None = None,
         check_gate: threading.Event | None = None,
+        snapshot: NodeSnapshot | None = None,
     ) -> None:
         self.outcomes = list(outcomes)
+        self.snapshot = snapshot or NodeSnapshot(())
         self.drift = drift
         self.gate = gate
         self.check_gate = check_gate
         self.reconciles: list[str] = []
+        self.left_alone: list[frozenset[int]] = []
         self.checks = 0
 
     def reconcile(
-        self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
+        self,
+        loaded: Loaded,
+        options: ReconcileOptions,
+        *,
+        post_boot: bool = False,
+        leave_alone: frozenset[int] = frozenset(),
     ) -> ReconcileResult:
         self.reconciles.append(loaded.name)
+        self.left_alone.append(leave_alone)
         if options.progress is not None:
             options.progress(f"applying {loaded.name} to GPU 0 (1/1)")
         if self.gate is not None:
@@ -206,14 +217,14 @@ class FakeGpus:
             loaded.name,
             (GpuResult(0, outcome, reason="" if outcome is GpuOutcome.APPLIED else "it broke"),),
             (DesiredGpu(0, True),),
-            NodeSnapshot(()),
+            self.snapshot,
         )
 
     def check(self, loaded: Loaded) -> DriftReport:
         self.checks += 1
         if self.check_gate is not None:
             self.check_gate.wait(timeout=30)
-        return DriftReport(NodeSnapshot(()), (DesiredGpu(0, True),), self.drift)
+        return DriftReport(self.snapshot, (DesiredGpu(0, True),), self.drift)
 
     def oldest_call_started(self) -> float | None:
         return None
@@ -490,6 +501,60 @@ def test_drift_under_policy_report_is_published_not_repaired(tmp_path: Path) -> 
     assert gpus.reconciles == ["balanced"]  # the startup only: nothing repaired
 
 
+def limited(window: str) -> str:
+    """A config whose drift checks come every 0.05 s and repair twice per ``window``."""
+    text = config_text(drift="0.05s")
+    assert "    policy: repair\n" in text
+    return text.replace(
+        "    policy: repair\n", f"    policy: repair\n    max-repairs: 2\n    window: {window}\n"
+    )
+
+
+def test_a_gpu_drifting_after_max_repairs_within_the_window_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
+    _, recorder, _ = drive(
+        tmp_path,
+        gpus,
+        config=limited("1h"),
+        until=lambda r: gpus.checks >= 6 and bool(r.views) and r.views[-1].gpus[0].contested,
+    )
+    # Startup, two repairs, then one reconcile that leaves GPU 0 alone (for its labels),
+    # and none after it however often it is found drifted.
+    assert gpus.reconciles == ["balanced"] * 4
+    assert gpus.left_alone == [frozenset(), frozenset(), frozenset(), frozenset({0})]
+    view = recorder.before_stop()
+    assert view.phase is Phase.DEGRADED and view.gpus[0].outcome == "contested"
+    assert "GPU 0 contested: drifted again after 2 repairs within 3600 s" in view.status_line
+
+
+def test_repairs_older_than_the_window_do_not_count(tmp_path: Path) -> None:
+    drift = (Drift(0, "holds 1g.18gb×6, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.APPLIED], drift=drift)
+    _, recorder, _ = drive(
+        tmp_path, gpus, config=limited("0.001s"), until=lambda r: len(gpus.reconciles) >= 6
+    )
+    assert not any(g.contested for v in recorder.views for g in v.gpus)
+    assert set(gpus.left_alone) == {frozenset()}
+
+
+def test_a_gpu_found_as_it_was_left_is_no_new_drift_and_never_contested(
+    tmp_path: Path,
+) -> None:
+    # A blocked GPU stays as it was: each check finds it differing from the config, but
+    # nothing changed it behind migd's back.
+    node = NodeSnapshot((blank_gpu(load_model("H200"), index=0, mig_enabled=True),))
+    drift = (Drift(0, "holds nothing, config wants 1g.18gb×7"),)
+    gpus = FakeGpus([GpuOutcome.BLOCKED], drift=drift, snapshot=node)
+    _, recorder, _ = drive(
+        tmp_path, gpus, config=limited("1h"), until=lambda r: len(gpus.reconciles) >= 6
+    )
+    assert not any(g.contested for v in recorder.views for g in v.gpus)
+    assert set(gpus.left_alone) == {frozenset()}
+
+
 def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
     gpus = FakeGpus([GpuOutcome.APPLIED])
     code, _, _ = drive(
@@ -499,5 +564,12 @@ def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "run" / "state.json").read_text())
     assert doc["phase"] == "stopping" and doc["selected_config"] == "balanced"
     assert doc["gpus"] == [
-        {"index": 0, "in_sync": True, "outcome": "applied", "reason": "", "reboot_required": False}
+        {
+            "index": 0,
+            "in_sync": True,
+            "outcome": "applied",
+            "reason": "",
+            "reboot_required": False,
+            "contested": False,
+        }
     ]

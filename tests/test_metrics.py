@@ -214,6 +214,23 @@ def test_in_sync_per_gpu() -> None:
     assert value(samples, "migd_ready") == 0
 
 
+def test_contested_gpus_and_drift_events_per_gpu() -> None:
+    observer = MetricsObserver()
+    gpus = (holding(h200(0), *BALANCED), h200(1))
+    published = view(gpus, phase=Phase.DEGRADED)
+    contested = replace(published.gpus[1], in_sync=False, outcome="contested", contested=True)
+    observer.published(replace(published, gpus=(published.gpus[0], contested)))
+    observer.drifted(1)
+    observer.drifted(1)
+    samples = scrape(observer)
+    assert value(samples, "migd_gpu_contested", gpu="0") == 0
+    assert value(samples, "migd_gpu_contested", gpu="1") == 1
+    assert value(samples, "migd_gpu_config_in_sync", gpu="1") == 0
+    # Every GPU's count exists from its first view on, at 0.
+    assert value(samples, "migd_gpu_drift_events_total", gpu="0") == 0
+    assert value(samples, "migd_gpu_drift_events_total", gpu="1") == 2
+
+
 def test_gpu_identity_mode_and_reboot_flags() -> None:
     pending = replace(h200(1, mig=False), mig_pending=True)
     observer = MetricsObserver()
@@ -549,6 +566,18 @@ tests:
         alertname: MigdGpuRebootRequired
         exp_alerts:
           - exp_labels: {severity: warning, job: migd, instance: "n1:9402", gpu: "3"}
+  - interval: 1m
+    input_series:
+      - series: 'migd_gpu_contested{job="migd",instance="n1:9402",gpu="1"}'
+        values: '0 1x5'
+      - series: 'migd_gpu_contested{job="migd",instance="n1:9402",gpu="2"}'
+        values: '0x6'
+    alert_rule_test:
+      - {eval_time: 0m, alertname: MigdGpuContested, exp_alerts: []}
+      - eval_time: 2m
+        alertname: MigdGpuContested
+        exp_alerts:
+          - exp_labels: {severity: warning, job: migd, instance: "n1:9402", gpu: "1"}
   - interval: 1m
     input_series:
       - series: 'migd_config_last_reload_successful{job="migd",instance="n1:9402"}'

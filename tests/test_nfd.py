@@ -91,13 +91,21 @@ def test_pending_then_failed_or_rebooting(tmp_path: Path, state: str) -> None:
 
 
 def test_every_label_key_and_value_is_valid_for_kubernetes() -> None:
-    text = render(NodeLabels("all-1g.18gb.me", "rebooting", True, strategy_compatible=True))
+    labels = NodeLabels("all-1g.18gb.me", "rebooting", True, True, contested=(1, 12))
+    text = render(labels)
+    assert "migd/contested-gpus=1.12\n" in text
     for line in text.splitlines():
         if line.startswith("#"):
             continue
         key, value = line.split("=", 1)
         assert valid_label_key(key), key
         assert valid_label_value(value), value
+
+
+def test_the_contested_label_appears_only_while_a_gpu_is_contested() -> None:
+    assert "contested" not in render(NodeLabels("all-balanced", "success", True))
+    text = render(NodeLabels("all-balanced", "failed", False, contested=(3,)))
+    assert "migd/contested-gpus=3\n" in text
 
 
 @pytest.mark.parametrize(

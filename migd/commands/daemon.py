@@ -29,6 +29,7 @@ from migd.daemon.view import DaemonObserver
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
 from migd.formats.files import atomic_write
 from migd.log import setup_logging
+from migd.node.lock import NodeLock, node_lock_path
 from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
 
 # How long `migd reload` waits by default: the unit's TimeoutStartSec, which also
@@ -153,8 +154,10 @@ only once the GPUs are right. Then keep them right:
   - config file edits (in place, editor atomic saves, Kubernetes ConfigMap updates)
     are applied within a second; a touch that leaves the content unchanged does nothing;
   - SIGHUP, 'migd reload' and 'systemctl reload migd' reload the config;
-  - every drift-check interval the GPUs are compared with the config and, under
-    policy repair, put back (policy report only reports);
+  - every drift-check interval (and at once on SIGUSR1) the GPUs are compared with
+    the config, what changed is named per GPU and, under policy repair, put back
+    (policy report only reports); a GPU that drifts again after max-repairs repairs
+    within the window is contested: left alone until a reload or a config edit;
   - a failed reconcile is retried with exponential backoff, without any edit.
 
 An invalid config is refused with every problem as FILE:LINE:COL: key: message: the
@@ -167,6 +170,10 @@ EXTEND_TIMEOUT_USEC during long changes, WATCHDOG=1 when WatchdogSec= is set (wi
 while an NVML call is stuck, so systemd restarts a daemon wedged in the driver) and
 STOPPING=1 on SIGTERM. A stop lets a change in progress finish or roll back, starts
 nothing new (no retry, reload or drift repair), then exits 0.
+
+The daemon owns the node: each of its changes holds the node lock (/run/migd/node.lock,
+$MIGD_NODE_LOCK), and while it runs one-shot 'apply' and 'restore' (also as
+nvidia-mig-parted) refuse with exit 5 unless given --override-daemon.
 """
 
 RUN_EPILOG = """\
@@ -188,7 +195,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     config_file = os.path.abspath(args.config_file)
     runtime = RuntimeDir(Path(args.runtime_dir))
     lock = runtime.claim(os.getpid())
+    node = NodeLock(node_lock_path(environ, args.simulate))
     metrics: MetricsEndpoint | None = None
+    try:
+        owner = node.claim_daemon(os.getpid(), config_file)
+    except MigdError:
+        lock.release()
+        raise
     try:
         try:
             startup: Loaded | ConfigError = load_selected(
@@ -213,13 +226,19 @@ def run_daemon(args: argparse.Namespace) -> int:
             watchdog_interval=watchdog_interval(environ, os.getpid()),
         )
         daemon = Daemon(
-            options, NvmlGpus(), startup, runtime=runtime, notifier=notifier, observers=observers
+            options,
+            NvmlGpus(node=node),
+            startup,
+            runtime=runtime,
+            notifier=notifier,
+            observers=observers,
         )
         return daemon.run()
     finally:
         if metrics is not None:
             metrics.server.stop()
         notifier.close()
+        owner.release()
         lock.release()
 
 

@@ -9,6 +9,7 @@ turns the result into text and an exit code; no decision is made here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -47,10 +48,19 @@ from migd.node.change import (
     apply_with_services,
     reconcile_with_services,
 )
+from migd.node.lock import (
+    DEFAULT_NODE_LOCK,
+    DEFAULT_WAIT_SECONDS,
+    NODE_LOCK_ENV,
+    NodeLock,
+    node_lock_path,
+    one_shot_change,
+)
 
 EXIT_CODES = """\
 exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (nothing
-            touched), 3 blocked by running processes, 4 reboot required
+            touched), 3 blocked by running processes, 4 reboot required, 5 the node
+            is owned by the migd daemon or busy with another change (nothing touched)
 """
 
 
@@ -80,7 +90,8 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         help="destroy instances that run processes when the new layout cannot keep them "
-        "(without it such a GPU is left unchanged and reported blocked)",
+        "(without it such a GPU is left unchanged and reported blocked); implies "
+        "--override-daemon",
     )
     parser.add_argument(
         "-s",
@@ -97,6 +108,24 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         "--sequential",
         action="store_true",
         help="change one GPU after another instead of all in parallel",
+    )
+    parser.add_argument(
+        "--override-daemon",
+        dest="override_daemon",
+        action="store_true",
+        help="change the GPUs even though a migd daemon owns the node (without it the "
+        "verb refuses, exit 5): waits for the daemon's change in flight, then tells the "
+        "daemon to check the GPUs at once",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        dest="lock_timeout",
+        type=float,
+        metavar="S",
+        default=DEFAULT_WAIT_SECONDS,
+        help="how long to wait for another change on this node to end before giving up, "
+        f"exit 5 (default {DEFAULT_WAIT_SECONDS:g}; node lock: ${NODE_LOCK_ENV}, else "
+        f"{DEFAULT_NODE_LOCK}, or beside the --simulate state)",
     )
 
 
@@ -180,6 +209,21 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
     )
 
 
+def _as_only_writer(args: argparse.Namespace, verb: str) -> contextlib.AbstractContextManager[None]:
+    """The node lock around a change (``migd.node.lock``): refused while a daemon owns it.
+
+    ``--force`` overrides the daemon too: a forced change is the operator's explicit word.
+    """
+    lock = NodeLock(node_lock_path(os.environ, args.simulate))
+    return one_shot_change(
+        lock,
+        f"migd {verb}",
+        override_daemon=args.override_daemon or args.force,
+        timeout=args.lock_timeout,
+        say=_say,
+    )
+
+
 # ---------------------------------------------------------------------------
 # plan
 # ---------------------------------------------------------------------------
@@ -237,6 +281,11 @@ left unchanged). GPUs change in parallel; a GPU whose change fails is put back a
 was, the others keep their new layout. A pending MIG mode change (Ampere) is activated
 by resetting only the GPUs that need it, with the config's reset command. An invalid
 config or an unknown profile touches no GPU at all. A second run does nothing.
+
+One writer per node: while 'migd run' owns the node, apply refuses before touching
+anything (exit 5): edit the daemon's config and 'systemctl reload migd' instead, or
+give --override-daemon. Another apply or restore in flight is waited for, up to
+--lock-timeout seconds.
 """
 
 APPLY_EXAMPLES = """\
@@ -252,7 +301,7 @@ def run_apply(args: argparse.Namespace) -> int:
     # Hooks, GPU client units, post-change refreshes and NFD labels (migd.node.change): the
     # hooks and gpu-clients files are read here, so a bad one touches no GPU.
     services = NodeServices.from_settings(config.settings, hooks_file=args.hooks_file)
-    with NvmlAdapter.open() as nvml:
+    with _as_only_writer(args, "apply"), NvmlAdapter.open() as nvml:
         report = apply_with_services(
             nvml,
             config,
@@ -400,6 +449,7 @@ Put every GPU recorded in a checkpoint file back to its exact geometry, with exp
 placements (GPU instance ids may differ; profiles and placements match). GPUs are
 found by UUID. Instances that match are kept; instances running a process are not
 destroyed unless --force is given. A GPU whose restore fails is put back as it was.
+Refused while 'migd run' owns the node, as apply is (exit 5; --override-daemon).
 """
 
 RESTORE_EXAMPLES = """\
@@ -421,7 +471,7 @@ def run_restore(args: argparse.Namespace) -> int:
             return plan_node(snapshot, modes, force=options.force, mode_only=True)
         return plan_node(snapshot, goal, force=options.force)
 
-    with NvmlAdapter.open() as nvml:
+    with _as_only_writer(args, "restore"), NvmlAdapter.open() as nvml:
         report = reconcile_with_services(
             nvml,
             plan_for,

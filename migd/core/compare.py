@@ -1,4 +1,4 @@
-"""Whether GPUs hold what they should: the comparisons behind ``migd assert`` and drift.
+"""Whether GPUs hold what they should, and what changed: ``migd assert`` and drift.
 
 Pure. A GPU holds its desired layout when its MIG mode (current and pending) is the
 wanted one and its GPU instances, each with its compute instances, are the wanted
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from migd.core.layout import DesiredGpu, GpuState, NodeSnapshot, gi_spec
-from migd.core.names import describe, describe_current
+from migd.core.layout import DesiredGpu, GpuInstance, GpuState, NodeSnapshot, gi_spec
+from migd.core.names import describe, describe_current, spec_names
 
 
 def layout_matches(gpu: GpuState, desired: DesiredGpu) -> bool:
@@ -63,3 +63,35 @@ def mismatches(
         if not same:
             found.append(Mismatch(gpu.index, describe_current(gpu), describe(gpu, want)))
     return tuple(found)
+
+
+def _mode_word(enabled: bool) -> str:
+    return "enabled" if enabled else "disabled"
+
+
+def gpu_changes(before: GpuState, after: GpuState) -> tuple[str, ...]:
+    """What changed on one GPU between two reads, in words: MIG mode, instances that
+    appeared or disappeared (a GI whose compute instances changed counts as both).
+
+    Empty when nothing changed, or when either read could not see the GPU's content.
+    """
+    if not (before.readable and after.readable):
+        return ()
+    changes = []
+    if before.mig_enabled != after.mig_enabled:
+        changes.append(
+            f"MIG mode changed from {_mode_word(before.mig_enabled)} to "
+            f"{_mode_word(after.mig_enabled)}"
+        )
+    if before.mig_pending != after.mig_pending and after.mode_change_pending:
+        changes.append(f"MIG mode change to {_mode_word(after.mig_pending)} pending")
+
+    def label(gpu: GpuState, gi: GpuInstance) -> str:
+        names = "+".join(spec_names(gpu, gi_spec(gi)))
+        return f"GI {gi.id} ({names} at {gi.placement})"
+
+    old = {label(before, gi): gi.id for gi in before.instances}
+    new = {label(after, gi): gi.id for gi in after.instances}
+    changes += [f"{gi} disappeared" for gi in sorted(old.keys() - new, key=old.__getitem__)]
+    changes += [f"{gi} appeared" for gi in sorted(new.keys() - old, key=new.__getitem__)]
+    return tuple(changes)

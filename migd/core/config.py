@@ -127,10 +127,17 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class DriftCheckSettings:
-    """How often the daemon compares the GPUs with the config (0 = never), and what it does."""
+    """How often the daemon compares the GPUs with the config (0 = never), and what it does.
+
+    A GPU that drifts again after ``max_repairs`` repairs within ``window`` seconds is
+    *contested*: something else keeps changing it, and migd stops repairing it until a
+    reload or a config edit (``max_repairs`` 0: it repairs forever).
+    """
 
     interval: float = 60.0
     policy: DriftPolicy = "repair"
+    max_repairs: int = 3
+    window: float = 900.0
 
 
 @dataclass(frozen=True)

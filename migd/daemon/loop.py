@@ -41,11 +41,11 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from migd.core.compare import mismatches
+from migd.core.compare import gpu_changes, mismatches
 from migd.core.config import BootPolicy, Config, Settings, select_config
 from migd.core.layout import DesiredGpu, NodeSnapshot
 from migd.core.selection import desired_layouts
@@ -66,6 +66,7 @@ from migd.formats.config_file import load_config
 from migd.gpu.executor import GpuOutcome, ReconcileOptions, ReconcileResult, format_result
 from migd.gpu.nvml import NvmlAdapter
 from migd.node.change import NodeServices, apply_with_services
+from migd.node.lock import NodeLock
 from migd.node.strategy import strategy_extra
 
 log = logging.getLogger("migd.daemon.loop")
@@ -120,6 +121,13 @@ class Drift:
     # False for a GPU that could not be read: a reconcile cannot repair it (it reports
     # it FAILED), so drift repair waits for a GPU it can act on.
     repairable: bool = True
+    # What changed since migd last looked ("GI 3 (1g.18gb at 0:1) disappeared"); empty
+    # when nothing did (the GPU was already found drifted, and stayed so).
+    changes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        changed = "; ".join(self.changes)
+        return f"{self.text} ({changed})" if changed else self.text
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,14 @@ class DriftReport:
     snapshot: NodeSnapshot
     desired: tuple[DesiredGpu, ...]
     drifted: tuple[Drift, ...]
+
+
+@dataclass(frozen=True)
+class CheckSkipped:
+    """A drift check not made: a change by someone else (``--override-daemon``) holds the
+    node lock, and a half-made change is no drift. That change asks for a check when done."""
+
+    holder: str
 
 
 def find_drift(snapshot: NodeSnapshot, desired: Sequence[DesiredGpu]) -> tuple[Drift, ...]:
@@ -157,13 +173,22 @@ class DaemonOptions:
 
 
 class Gpus(Protocol):
-    """The node's GPUs as the worker thread acts on them. Only the worker calls the first two."""
+    """The node's GPUs as the worker thread acts on them. Only the worker calls the first two.
+
+    ``leave_alone``: GPUs a reconcile must not touch (contested ones), as if the config
+    did not cover them.
+    """
 
     def reconcile(
-        self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
+        self,
+        loaded: Loaded,
+        options: ReconcileOptions,
+        *,
+        post_boot: bool = False,
+        leave_alone: frozenset[int] = frozenset(),
     ) -> ReconcileResult: ...
 
-    def check(self, loaded: Loaded) -> DriftReport: ...
+    def check(self, loaded: Loaded) -> DriftReport | CheckSkipped: ...
 
     def oldest_call_started(self) -> float | None:
         """``time.monotonic()`` at which the oldest NVML call in flight began; any thread."""
@@ -176,11 +201,19 @@ class NvmlGpus:
     """The real GPUs: NVML opened once, on first use, and kept open for the daemon's life.
 
     A job that fails with an exception closes NVML, so the next attempt starts from a
-    fresh ``nvmlInit`` (the driver may have been reloaded under us).
+    fresh ``nvmlInit`` (the driver may have been reloaded under us). With ``node``, a
+    reconcile holds the node lock (waiting, unbounded, for a change by another process)
+    and a drift check is skipped while someone else holds it.
     """
 
-    def __init__(self, on_error: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_error: Callable[[str, str], None] | None = None,
+        *,
+        node: NodeLock | None = None,
+    ) -> None:
         self._on_error = on_error
+        self._node = node
         self._stack = contextlib.ExitStack()
         self._adapter: NvmlAdapter | None = None
         self._opening_since: float | None = None
@@ -205,20 +238,44 @@ class NvmlGpus:
             raise
 
     def reconcile(
-        self, loaded: Loaded, options: ReconcileOptions, *, post_boot: bool = False
+        self,
+        loaded: Loaded,
+        options: ReconcileOptions,
+        *,
+        post_boot: bool = False,
+        leave_alone: frozenset[int] = frozenset(),
     ) -> ReconcileResult:
-        with self._nvml() as nvml:
+        held = (
+            self._node.hold("migd run", timeout=None, on_wait=options.progress)
+            if self._node is not None
+            else contextlib.nullcontext()
+        )
+        with held, self._nvml() as nvml:
             report = apply_with_services(
-                nvml, loaded.config, loaded.name, options, loaded.services, post_boot=post_boot
+                nvml,
+                loaded.config,
+                loaded.name,
+                options,
+                loaded.services,
+                post_boot=post_boot,
+                leave_alone=leave_alone,
             )
         for line in report.lines():
             log.info("%s", line)
         assert report.result is not None  # a report without one is raised (ChangeAborted)
         return report.result
 
-    def check(self, loaded: Loaded) -> DriftReport:
-        with self._nvml() as nvml:
-            snapshot = nvml.snapshot()
+    def check(self, loaded: Loaded) -> DriftReport | CheckSkipped:
+        held = (
+            self._node.attempt("migd run (drift check)")
+            if self._node is not None
+            else contextlib.nullcontext(None)
+        )
+        with held as holder:
+            if holder is not None:
+                return CheckSkipped(holder)
+            with self._nvml() as nvml:
+                snapshot = nvml.snapshot()
         desired = desired_layouts(snapshot, loaded.config.entries(loaded.name))
         return DriftReport(snapshot, desired, find_drift(snapshot, desired))
 
@@ -250,6 +307,11 @@ class ReloadSignal:
 @dataclass(frozen=True)
 class StopSignal:
     signum: int
+
+
+@dataclass(frozen=True)
+class CheckNow:
+    """SIGUSR1: look at the GPUs now (a one-shot verb changed them under the daemon)."""
 
 
 @dataclass(frozen=True)
@@ -287,18 +349,19 @@ Job = ReconcileJob | DriftJob
 @dataclass(frozen=True)
 class JobDone:
     job: Job
-    value: ReconcileResult | DriftReport | None
+    value: ReconcileResult | DriftReport | CheckSkipped | None
     error: BaseException | None
 
 
-Event = ReloadSignal | StopSignal | ConfigTouched | Progress | JobDone
+Event = ReloadSignal | StopSignal | CheckNow | ConfigTouched | Progress | JobDone
 
 
 @contextlib.contextmanager
 def signal_handlers(post: Callable[[Event], None]) -> Iterator[None]:
-    """SIGHUP, SIGTERM and SIGINT post events while the block runs (main thread only)."""
+    """SIGHUP, SIGUSR1, SIGTERM and SIGINT post events while the block runs (main thread only)."""
     handlers = {
         signal.SIGHUP: lambda signum, frame: post(ReloadSignal()),
+        signal.SIGUSR1: lambda signum, frame: post(CheckNow()),
         signal.SIGTERM: lambda signum, frame: post(StopSignal(signum)),
         signal.SIGINT: lambda signum, frame: post(StopSignal(signum)),
     }
@@ -365,6 +428,10 @@ class Daemon:
         self._check_failure = ""  # why the last drift check raised, until one succeeds
         self._last_reconcile_time: float | None = None
         self._last_success_time: float | None = None
+        # The tug of war with another controller: when each GPU's drift repairs began
+        # (time.monotonic(), within the window), and the GPUs migd stopped repairing.
+        self._repairs: dict[int, tuple[float, ...]] = {}
+        self._contested: dict[int, str] = {}
 
         # Work in progress and work wanted.
         self._job: Job | None = None
@@ -375,6 +442,7 @@ class Daemon:
         self._retry_delay: float | None = None  # the delay before the next retry after this one
         self._retry_in = 0.0  # the delay of the retry now scheduled (for the status line)
         self._drift_at: float | None = None
+        self._check_wanted = False  # SIGUSR1: a drift check as soon as no job runs
         self._watchdog_at = 0.0
         self._wedged_since: float | None = None
 
@@ -436,6 +504,8 @@ class Daemon:
             deadlines.append(self._watchdog_at)
         if self._job is None and not self._stopping:
             deadlines += [self._retry_at, self._drift_at]
+            if self._check_wanted and self._loaded is not None:
+                deadlines.append(now)
         if self._notifier.holding:
             deadlines.append(now + self._notifier.RETRY_SECONDS)
         due = [d for d in deadlines if d is not None]
@@ -455,6 +525,9 @@ class Daemon:
         elif isinstance(event, ReloadSignal):
             log.info("SIGHUP: reload requested")
             self._reload_wanted = Trigger.RELOAD
+        elif isinstance(event, CheckNow):
+            log.info("SIGUSR1: checking the GPUs now")
+            self._check_wanted = True
         elif isinstance(event, ConfigTouched):
             self._file_due = time.monotonic() + DEBOUNCE_SECONDS
         elif isinstance(event, StopSignal):
@@ -517,8 +590,9 @@ class Daemon:
             self._retry_at = None
             log.info("retrying %s", self._loaded.name)
             self._start(ReconcileJob(Trigger.RETRY, self._loaded))
-        elif self._drift_at is not None and now >= self._drift_at:
+        elif self._check_wanted or (self._drift_at is not None and now >= self._drift_at):
             self._drift_at = None
+            self._check_wanted = False
             self._start(DriftJob(self._loaded))
 
     def _reload(self, trigger: Trigger) -> None:
@@ -528,6 +602,12 @@ class Daemon:
         self._notifier.reloading()
         path = self._options.config_file
         log.info("reloading %s (%s)", path, trigger.value)
+        # A reload or an edit is the operator's word on who owns which GPU: migd
+        # repairs contested GPUs again, with a fresh count.
+        for index in sorted(self._contested):
+            log.info("GPU %d: no longer contested (%s); repairing it again", index, trigger.value)
+        self._contested = {}
+        self._repairs = {}
         # The digest is taken before reading, so a write racing the read is seen again.
         self._seen_digest = file_digest(path)
         try:
@@ -571,20 +651,21 @@ class Daemon:
             reset_command=reset(loaded.config) if reset else loaded.settings.reset_command,
             progress=lambda line: self.post(Progress(line)),
         )
+        leave_alone = frozenset(self._contested)
         thread = threading.Thread(
-            target=self._work, args=(job, options), name="migd-worker", daemon=True
+            target=self._work, args=(job, options, leave_alone), name="migd-worker", daemon=True
         )
         thread.start()
 
-    def _work(self, job: Job, options: ReconcileOptions) -> None:
+    def _work(self, job: Job, options: ReconcileOptions, leave_alone: frozenset[int]) -> None:
         """The worker thread: run one job, report back. Never touches the loop's state."""
         try:
             if isinstance(job, ReconcileJob):
                 # Only the startup reconcile runs before READY=1: every later change
                 # happens under running consumers, which must be refreshed after it.
                 post_boot = job.trigger is not Trigger.STARTUP
-                value: ReconcileResult | DriftReport = self._gpus.reconcile(
-                    job.loaded, options, post_boot=post_boot
+                value: ReconcileResult | DriftReport | CheckSkipped = self._gpus.reconcile(
+                    job.loaded, options, post_boot=post_boot, leave_alone=leave_alone
                 )
             else:
                 value = self._gpus.check(job.loaded)
@@ -717,15 +798,63 @@ class Daemon:
             return
         self._check_failure = ""
         report = done.value
+        if isinstance(report, CheckSkipped):
+            log.info("drift check skipped: %s holds the node lock", report.holder)
+            return
         assert isinstance(report, DriftReport)
+        previous = {g.index: g for g in self._snapshot.gpus} if self._snapshot else {}
+        now = {g.index: g for g in report.snapshot.gpus}
+        drifted = []
+        changed = []  # the GPUs changed behind migd's back since it last looked
+        for drift in report.drifted:
+            before, after = previous.get(drift.index), now.get(drift.index)
+            changes = gpu_changes(before, after) if before and after else ()
+            drift = Drift(drift.index, drift.text, drift.repairable, changes)
+            drifted.append(drift)
+            # A GPU found as it was at the last look (left blocked, say, or contested
+            # and untouched since) is no new event.
+            if changes or before is None:
+                log.warning("drift: GPU %d %s", drift.index, drift.describe())
+                self._observers.drifted(drift.index)
+                changed.append(drift)
         self._snapshot = report.snapshot
         self._desired = report.desired
-        self._drift = report.drifted
-        for drift in report.drifted:
-            log.warning("drift: GPU %d %s", drift.index, drift.text)
-        repairable = any(d.repairable for d in report.drifted)
-        if repairable and self._settings.drift_check.policy == "repair":
+        self._drift = tuple(drifted)
+        if self._settings.drift_check.policy != "repair":
+            return
+        newly_contested = self._count_repairs(d.index for d in changed if d.repairable)
+        repair = any(d.repairable and d.index not in self._contested for d in drifted)
+        if repair or newly_contested:
+            # Also when only a GPU became contested: the reconcile leaves it alone and
+            # rewrites the node's labels to say so.
             self._start(ReconcileJob(Trigger.DRIFT, job.loaded))
+
+    def _count_repairs(self, indexes: Iterable[int]) -> bool:
+        """Count a repair for each drifted GPU, or mark it contested; True when one became so.
+
+        A GPU that drifts again after ``max-repairs`` repairs within ``window`` is
+        being changed by something else: repairing it further would only flip-flop it.
+        """
+        check = self._settings.drift_check
+        now = time.monotonic()
+        newly = False
+        for index in indexes:
+            if index in self._contested:
+                continue
+            recent = tuple(t for t in self._repairs.get(index, ()) if now - t < check.window)
+            if check.max_repairs and len(recent) >= check.max_repairs:
+                self._contested[index] = (
+                    f"drifted again after {len(recent)} repairs within {check.window:g} s "
+                    "(another MIG controller?); migd no longer repairs it, until a reload "
+                    "or a config edit"
+                )
+                log.error("GPU %d contested: %s", index, self._contested[index])
+                newly = True
+                recent = ()
+            else:
+                recent += (now,)
+            self._repairs[index] = recent
+        return newly
 
     def _answer(self) -> ReloadAnswer:
         """How the reconcile just finished, for ``migd reload``."""
@@ -752,11 +881,17 @@ class Daemon:
     def _gpu_views(self) -> tuple[GpuView, ...]:
         if self._result is None:
             return ()
-        drifted = {d.index: d.text for d in self._drift}
+        drifted = {d.index: d.describe() for d in self._drift}
         loaded = self._loaded
         stale = loaded is not None and self._result_config != (loaded.name, loaded.config.digest)
         views = []
         for gpu in self._result.gpus:
+            if gpu.index in self._contested:
+                reason = self._contested[gpu.index]
+                if drifted.get(gpu.index):
+                    reason += f"; {drifted[gpu.index]}"
+                views.append(GpuView(gpu.index, False, "contested", reason, contested=True))
+                continue
             if stale:
                 # Not reconciled against the config in force (its reconcile raised).
                 views.append(GpuView(gpu.index, False, GpuOutcome.FAILED.value, self._failure))
@@ -798,7 +933,7 @@ class Daemon:
         unreadable = (
             {g.index for g in self._snapshot.gpus if not g.readable} if self._snapshot else set()
         )
-        wanted = {d.index for d in self._desired} | unreadable
+        wanted = {d.index for d in self._desired} | unreadable | set(self._contested)
         covered = [v for v in gpus if v.index in wanted]
         for view in covered:
             if not view.in_sync and view.reason != self._failure:  # said once, above

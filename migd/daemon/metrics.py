@@ -333,14 +333,21 @@ def _gpu_families(view: DaemonView | None) -> Iterator[Metric]:
         "How the last reconcile ended for the GPU: 1 for that outcome, 0 for the others.",
         labels=["gpu", "outcome"],
     )
+    contested = GaugeMetricFamily(
+        "migd_gpu_contested",
+        "1 if something other than migd keeps changing the GPU and migd stopped repairing "
+        "it (drift-check.max-repairs within drift-check.window), until a reload or edit.",
+        labels=["gpu"],
+    )
     for g in gpu_views:
         label = _gpu_label(g.index)
         in_sync.add_metric([label], _flag(g.in_sync))
         reboot.add_metric([label], _flag(g.reboot_required))
+        contested.add_metric([label], _flag(g.contested))
         if g.outcome:
             for o in GpuOutcome:
                 outcome.add_metric([label, o.value], _flag(g.outcome == o.value))
-    yield from (in_sync, reboot, outcome)
+    yield from (in_sync, reboot, outcome, contested)
 
 
 # ---------------------------------------------------------------------------
@@ -391,6 +398,13 @@ class MetricsObserver(DaemonObserver):
             ["gpu"],
             registry=self.registry,
         )
+        self.drift_events = Counter(
+            "migd_gpu_drift_events",
+            "Changes behind migd's back found by drift checks (instances appeared or "
+            "disappeared, MIG mode changed), per GPU.",
+            ["gpu"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "migd_config_reloads",
             "Config (re)load attempts by result (success: accepted; failure: refused).",
@@ -409,6 +423,9 @@ class MetricsObserver(DaemonObserver):
 
     def published(self, view: DaemonView) -> None:
         self.inventory.update(view)
+        for g in view.gpus:
+            # Every GPU's drift count exists from its first view on, at 0, for increase().
+            self.drift_events.labels(_gpu_label(g.index))
 
     def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
         self.reconciles.labels(trigger.value, _RESULT_OF[result.worst()]).inc()
@@ -430,6 +447,9 @@ class MetricsObserver(DaemonObserver):
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
+
+    def drifted(self, gpu: int) -> None:
+        self.drift_events.labels(_gpu_label(gpu)).inc()
 
 
 def apply_error_reason(outcome: GpuOutcome, error: str | None) -> str:

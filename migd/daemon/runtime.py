@@ -15,6 +15,10 @@ What lives there, and who writes it:
     reload up, once the outcome of that reload is known. A token is thus answered
     only by a reload that read the config file after the request was made: a
     generation counter cannot promise that while an earlier apply is still running.
+
+The node lock and the daemon's presence marker (``node.lock``, ``node.daemon``) live in
+``/run/migd`` too, but belong to the node rather than to this directory: they stay
+there whatever ``--runtime-dir`` says (``migd.node.lock``).
 """
 
 from __future__ import annotations
@@ -227,6 +231,7 @@ def state_document(view: DaemonView) -> dict[str, Any]:
             "outcome": gpu.outcome,
             "reason": gpu.reason,
             "reboot_required": gpu.reboot_required,
+            "contested": gpu.contested,
         }
         state = gpus_now.get(gpu.index)
         if state is not None:

@@ -44,6 +44,7 @@ class GpuView:
     outcome: str  # GpuOutcome value of the last reconcile, "" before the first
     reason: str = ""  # why it is not in sync (blocked by pid 4242, …)
     reboot_required: bool = False
+    contested: bool = False  # another controller keeps changing it; migd leaves it alone
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class DaemonObserver(Protocol):
     def reload_attempted(self, ok: bool) -> None:
         """A config (re)load was accepted or refused."""
 
+    def drifted(self, gpu: int) -> None:
+        """A drift check found GPU ``gpu`` changed behind migd's back (once per change)."""
+
 
 class Observers(DaemonObserver):
     """Every observer of one daemon, as one: each event goes to all of them, in order.
@@ -110,6 +114,9 @@ class Observers(DaemonObserver):
 
     def reload_attempted(self, ok: bool) -> None:
         self._each("reload_attempted", lambda o: o.reload_attempted(ok))
+
+    def drifted(self, gpu: int) -> None:
+        self._each("drifted", lambda o: o.drifted(gpu))
 
     def _each(self, event: str, tell: Callable[[DaemonObserver], None]) -> None:
         for observer in self._observers:

@@ -155,6 +155,21 @@ def _duration_parser(*, zero_allowed: bool) -> _Parse:
     return parse
 
 
+# More repairs than this in one window is a typo, not a policy.
+MAX_COUNT = 1000
+
+
+def _read_count(r: YamlReader, node: YamlNode, path: str) -> int:
+    value = r.scalar(node, path)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        r.fail(
+            node,
+            path,
+            f"must be a whole number from 0 (no limit) to {MAX_COUNT}, not {r.describe(node)}",
+        )
+    return value
+
+
 def _argv_parser(placeholders: frozenset[str] | None) -> _Parse:
     """A command as an argv list; ``placeholders`` (when given) are the ``{names}`` it may use."""
 
@@ -264,6 +279,8 @@ _SETTINGS_FIELDS: Mapping[str, _Field] = {
             {
                 "interval": _Field("interval", _duration_parser(zero_allowed=True)),
                 "policy": _Field("policy", _choice_parser("repair", "report")),
+                "max-repairs": _Field("max_repairs", _read_count),
+                "window": _Field("window", _duration_parser(zero_allowed=False)),
             },
         ),
     ),

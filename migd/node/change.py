@@ -362,11 +362,15 @@ def _label(
     state: State,
     in_sync: bool,
     strategy: StrategyCheck | None,
+    contested: frozenset[int] = frozenset(),
 ) -> str | None:
     if services.nfd_path is None:
         return None
     compatible = None if strategy is None else strategy.compatible
-    labels = NodeLabels(name, state, in_sync, compatible)
+    if contested and state == "success":
+        # A contested GPU is left alone, so the reconcile "succeeded" without it.
+        state, in_sync = "failed", False
+    labels = NodeLabels(name, state, in_sync, compatible, tuple(sorted(contested)))
     return write_labels(services.nfd_path, labels)
 
 
@@ -388,6 +392,7 @@ def around_change(
     post_boot: bool,
     say: Callable[[str], None] | None = None,
     hooks_when_idle: bool = False,
+    contested: frozenset[int] = frozenset(),
 ) -> ChangeReport:
     """Run ``act`` (the reconcile) inside the node's services, as the module doc says.
 
@@ -405,7 +410,9 @@ def around_change(
     if not change.any and not hooks_when_idle:
         result = act()
         strategy = _strategy(services, result.snapshot)
-        problem = _label(services, name, state_of(result), result.exit_code == 0, strategy)
+        problem = _label(
+            services, name, state_of(result), result.exit_code == 0, strategy, contested
+        )
         return ChangeReport(
             result, change, strategy=strategy, problems=(problem,) if problem else ()
         )
@@ -452,7 +459,7 @@ def around_change(
         strategy = _strategy(services, snapshot)
         in_sync = result is not None and result.exit_code == 0
         state: State = "failed" if result is None else state_of(result)
-        problem = _label(services, name, state, in_sync, strategy)
+        problem = _label(services, name, state, in_sync, strategy, contested)
         if problem:
             problems.append(problem)
     report = ChangeReport(
@@ -481,18 +488,21 @@ def apply_with_services(
     post_boot: bool,
     reset_timeout: float | None = None,
     hooks_when_idle: bool = False,
+    leave_alone: frozenset[int] = frozenset(),
 ) -> ChangeReport:
     """Read the node, plan config ``name`` on it, and carry the plan out inside the services.
 
     The entry point of ``migd apply`` and of the daemon. The plan says which hooks run
-    and which units stop. InvalidRequest (a layout that cannot be planned) is raised
-    before any hook runs; ChangeAborted as in :func:`around_change`;
-    ``hooks_when_idle`` as there.
+    and which units stop. GPUs in ``leave_alone`` (those the daemon found contested by
+    another controller) are planned as if the config did not cover them. InvalidRequest
+    (a layout that cannot be planned) is raised before any hook runs; ChangeAborted as
+    in :func:`around_change`; ``hooks_when_idle`` as there.
     """
     entries = config.entries(name)
 
     def plan_for(snapshot: NodeSnapshot) -> NodePlan:
         desired = desired_layouts(snapshot, entries)
+        desired = tuple(d for d in desired if d.index not in leave_alone)
         return plan_node(snapshot, desired, force=options.force, mode_only=options.mode_only)
 
     return reconcile_with_services(
@@ -505,6 +515,7 @@ def apply_with_services(
         post_boot=post_boot,
         reset_timeout=config.settings.reset_timeout if reset_timeout is None else reset_timeout,
         hooks_when_idle=hooks_when_idle,
+        contested=leave_alone,
     )
 
 
@@ -519,6 +530,7 @@ def reconcile_with_services(
     post_boot: bool,
     reset_timeout: float,
     hooks_when_idle: bool = False,
+    contested: frozenset[int] = frozenset(),
 ) -> ChangeReport:
     """Read the node, plan with ``plan_for``, and carry the plan out inside the services.
 
@@ -554,4 +566,5 @@ def reconcile_with_services(
         post_boot=post_boot,
         say=options.progress,
         hooks_when_idle=hooks_when_idle,
+        contested=contested,
     )

@@ -18,7 +18,11 @@ The labels:
 ``migd/in-sync=true|false``
     every GPU the config covers holds its layout right now;
 ``migd/strategy-compatible=true|false``
-    the layout suits the device plugin's MIG strategy (``migd.node.strategy``).
+    the layout suits the device plugin's MIG strategy (``migd.node.strategy``);
+``migd/contested-gpus=1.5``
+    only while some GPU is contested (another controller keeps changing it, and migd
+    stopped repairing it): their indexes, joined by ``.``; the state is then ``failed``
+    and ``migd/in-sync`` false.
 
 migd's own labels use the prefix ``migd/``: short, and not a domain migd could
 pretend to own (NVIDIA's ``nvidia.com`` is kept for the two labels the k8s MIG manager
@@ -47,6 +51,7 @@ MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
 IN_SYNC = "migd/in-sync"
 STRATEGY_COMPATIBLE = "migd/strategy-compatible"
+CONTESTED = "migd/contested-gpus"
 
 State = Literal["pending", "success", "failed", "rebooting"]
 
@@ -69,6 +74,7 @@ class NodeLabels:
     state: State
     in_sync: bool
     strategy_compatible: bool | None = None  # None: not checked
+    contested: tuple[int, ...] = ()  # GPUs migd stopped repairing (another controller)
 
 
 def state_of(result: ReconcileResult) -> State:
@@ -97,6 +103,8 @@ def render(labels: NodeLabels) -> str:
     if labels.strategy_compatible is not None:
         value = "true" if labels.strategy_compatible else "false"
         lines.append(f"{STRATEGY_COMPATIBLE}={value}\n")
+    if labels.contested:
+        lines.append(f"{CONTESTED}={'.'.join(str(i) for i in labels.contested)}\n")
     return "".join(lines)
 
 

@@ -213,3 +213,23 @@ def test_a_hung_nvml_call_gets_migd_restarted_by_the_watchdog(
     # The new daemon converges: the instance is back and it reports ready.
     m.wait_ready("migd ready again after the restart")
     assert all_hold(m.state, BALANCED)
+
+
+def test_nvidia_mig_parted_apply_is_refused_while_migd_service_runs(
+    machine: Callable[..., Machine],
+) -> None:
+    m = machine()
+    m.wait_ready()
+    main_pid = m.systemd.show("migd", "MainPID")["MainPID"]
+    before = sim("show", str(m.state), "--json")
+    # As a GPU Operator's mig-manager or an old script would call it.
+    mig_parted = Path(sys.executable).parent / "nvidia-mig-parted"
+    refused = m.systemd.run(
+        "env", f"MIGD_SIMULATE={m.state}",
+        str(mig_parted), "apply", "-f", str(m.config), "-c", "small",
+    )  # fmt: skip
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    assert f"migd daemon (pid {main_pid}) owns this node" in refused.stderr
+    assert "systemctl reload migd" in refused.stderr
+    assert sim("show", str(m.state), "--json") == before
+    assert 'Status: "ready: balanced, 2/2 GPUs in sync"' in m.status()
