@@ -17,19 +17,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migd.commands.common import add_config_file, add_selected_config, reset_command
-from migd.core.config import Settings
-from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
-from migd.daemon.metrics import MetricsEndpoint, start_endpoint
-from migd.daemon.notify import Notifier, watchdog_interval
-from migd.daemon.runtime import NotRunning, RuntimeDir, default_runtime_dir, pid_alive
-from migd.daemon.view import DaemonObserver
+from migd.daemon import default_runtime_dir
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
-from migd.formats.files import atomic_write
-from migd.log import setup_logging
-from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
+from migd.node import UNIT_NAME
+
+# The daemon is imported by the handlers that use it, so that building the parser for
+# any verb imports nothing of it (nor prometheus_client, http.server or watchdog).
+if TYPE_CHECKING:
+    from migd.daemon.metrics import MetricsEndpoint
+    from migd.daemon.view import DaemonObserver
+
 
 # How long `migd reload` waits by default: the unit's TimeoutStartSec, which also
 # bounds ExecReload.
@@ -178,6 +178,13 @@ examples:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    from migd.core.config import Settings
+    from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
+    from migd.daemon.metrics import start_endpoint
+    from migd.daemon.notify import Notifier, watchdog_interval
+    from migd.daemon.runtime import RuntimeDir
+    from migd.log import setup_logging
+
     environ = dict(os.environ)
     notifier = Notifier.from_environ(environ)
     if notifier.enabled or environ.get("JOURNAL_STREAM"):
@@ -242,6 +249,8 @@ edit (even one the file watcher had already refused).
 
 
 def run_reload(args: argparse.Namespace) -> int:
+    from migd.daemon.runtime import RuntimeDir, pid_alive
+
     runtime = RuntimeDir(Path(args.runtime_dir))
     pid = runtime.read_pid()
     try:
@@ -319,6 +328,8 @@ def format_status(doc: dict[str, Any], running: bool) -> list[str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from migd.daemon.runtime import NotRunning, RuntimeDir
+
     runtime = RuntimeDir(Path(args.runtime_dir))
     doc = runtime.read_state()
     try:
@@ -370,6 +381,9 @@ def _interpreter(script: str) -> str | None:
 
 
 def run_install_unit(args: argparse.Namespace) -> int:
+    from migd.formats.files import atomic_write
+    from migd.node.unit import UnitOptions, render_unit
+
     command = migd_command()
     run_args: list[str] = []
     config_file = os.path.abspath(args.config_file) if args.config_file else None

@@ -9,26 +9,22 @@ turns the result into text and an exit code; no decision is made here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from migd.commands.common import add_config_file, add_selected_config, env, reset_command
-from migd.core.checkpoint import capture
-from migd.core.compare import mismatches
-from migd.core.config import Config, select_config
-from migd.core.layout import NodeSnapshot
-from migd.core.plan import Action, format_plan, plan_to_dict
-from migd.core.planner import plan_node
-from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
-from migd.formats import checkpoint_file
-from migd.formats.config_file import load_config
-from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
-from migd.gpu.executor import ReconcileOptions, ReconcileResult, execute, format_result
-from migd.gpu.nvml import NvmlAdapter
-from migd.node.change import NodeServices, apply_with_services
+from migd.formats import DEFAULT_LABEL
+
+# Each verb imports the library it uses inside its handler: building the parser stays
+# cheap, so a one-shot verb pays for its own path only (no planner for export, no
+# executor for plan).
+if TYPE_CHECKING:
+    from migd.core.config import Config
+    from migd.core.layout import NodeSnapshot
+    from migd.gpu.executor import ReconcileOptions, ReconcileResult
 
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
 
@@ -136,6 +132,9 @@ def _parser(
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, str]:
+    from migd.core.config import select_config
+    from migd.formats.config_file import load_config
+
     config = load_config(args.config_file)
     return config, select_config(config, args.selected_config, os.environ)
 
@@ -145,6 +144,8 @@ def _say(line: str) -> None:
 
 
 def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOptions:
+    from migd.gpu.executor import ReconcileOptions
+
     return ReconcileOptions(
         force=args.force,
         mode_only=getattr(args, "mode_only", False),
@@ -156,6 +157,8 @@ def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOption
 
 
 def _report(result: ReconcileResult) -> int:
+    from migd.gpu.executor import format_result
+
     for line in format_result(result):
         print(line)
     return result.exit_code
@@ -180,6 +183,13 @@ PLAN_EXAMPLES = """\
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from migd.core.plan import Action, format_plan, plan_to_dict
+    from migd.core.planner import plan_node
+    from migd.core.selection import desired_layouts
+    from migd.gpu.nvml import NvmlAdapter
+
     config, name = _load(args)
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
@@ -229,6 +239,9 @@ APPLY_EXAMPLES = """\
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from migd.gpu.nvml import NvmlAdapter
+    from migd.node.change import NodeServices, apply_with_services
+
     config, name = _load(args)
     # Hooks, GPU client units, post-change refreshes and NFD labels (migd.node.change): the
     # hooks and gpu-clients files are read here, so a bad one touches no GPU.
@@ -264,6 +277,10 @@ ASSERT_EXAMPLES = """\
 
 
 def run_assert(args: argparse.Namespace) -> int:
+    from migd.core.compare import mismatches
+    from migd.core.selection import desired_layouts
+    from migd.gpu.nvml import NvmlAdapter
+
     config, name = _load(args)
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
@@ -300,6 +317,9 @@ EXPORT_EXAMPLES = """\
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from migd.formats.export import export_config, render
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     snapshot = _whole_node(snapshot, "export the node's geometry")
@@ -322,6 +342,9 @@ GENERATE_EXAMPLES = """\
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from migd.formats.export import generate_config, render
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     text = render(generate_config(snapshot), args.output_format)
@@ -350,6 +373,10 @@ CHECKPOINT_EXAMPLES = """\
 
 
 def run_checkpoint(args: argparse.Namespace) -> int:
+    from migd.core.checkpoint import capture
+    from migd.formats import checkpoint_file
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     saved = capture(_whole_node(snapshot, "checkpoint the node"))
@@ -372,6 +399,11 @@ RESTORE_EXAMPLES = """\
 
 
 def run_restore(args: argparse.Namespace) -> int:
+    from migd.core.planner import plan_node
+    from migd.formats import checkpoint_file
+    from migd.gpu.executor import execute
+    from migd.gpu.nvml import NvmlAdapter
+
     saved = checkpoint_file.read(args.file)
     options = _options(args, None)
     with NvmlAdapter.open() as nvml:

@@ -71,7 +71,7 @@ _UNSETTLED = (GpuOutcome.FAILED, GpuOutcome.BLOCKED, GpuOutcome.REBOOT_REQUIRED)
 
 # An NVML error name (IN_USE, INSUFFICIENT_RESOURCES) or a migd reason word; anything
 # else (a sentence, a number) is replaced by the outcome so the label stays bounded.
-_REASON_RE = re.compile(r"^(?:[A-Z][A-Z0-9_]{0,39}|[a-z][a-z0-9_]{0,39})$")
+_REASON_RE = r"^(?:[A-Z][A-Z0-9_]{0,39}|[a-z][a-z0-9_]{0,39})$"
 
 
 def _gpu_label(index: int) -> str:
@@ -435,7 +435,7 @@ class MetricsObserver(DaemonObserver):
 def apply_error_reason(outcome: GpuOutcome, error: str | None) -> str:
     """The bounded ``reason`` label: the NVML error name or migd reason word when the
     result carries one, else the outcome (``failed``, ``blocked``, ``reboot_required``)."""
-    if error and _REASON_RE.match(error):
+    if error and re.match(_REASON_RE, error):
         return error
     return outcome.value
 

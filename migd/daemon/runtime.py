@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,12 @@ from migd.daemon.view import DaemonObserver, DaemonView
 from migd.errors import MigdError
 from migd.formats.files import atomic_write
 
-DEFAULT_RUNTIME_DIR = "/run/migd"
-RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"
 STATE_FORMAT = 1
 
 PID_FILE = "migd.pid"
 STATE_FILE = "state.json"
 RELOAD_DIR = "reload"
 _ANSWER_SUFFIX = ".json"
-
-
-def default_runtime_dir(environ: Mapping[str, str]) -> str:
-    return environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
 
 
 class NotRunning(MigdError):

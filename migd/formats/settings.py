@@ -123,7 +123,7 @@ def _choice_parser(*options: str) -> _Parse:
     return parse
 
 
-_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h)$")
+_DURATION_RE = r"^([0-9]+(?:\.[0-9]+)?)(s|m|h)$"
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -136,7 +136,7 @@ def _duration_parser(*, zero_allowed: bool) -> _Parse:
             seconds = float(max(-1, min(value, MAX_DURATION_SECONDS + 1)))
         elif isinstance(value, float):
             seconds = value
-        elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        elif isinstance(value, str) and (m := re.match(_DURATION_RE, value)):
             seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         minimum = "0 (which disables it) or more" if zero_allowed else "more than 0"
         if seconds is None or not math.isfinite(seconds):

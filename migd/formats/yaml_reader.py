@@ -519,7 +519,7 @@ def read_argument(r: YamlReader, node: YamlNode, path: str, *, what: str = "") -
     return value
 
 
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$")
+_UNIT_RE = r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$"
 
 
 def read_units(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
@@ -530,7 +530,7 @@ def read_units(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
 
 def _read_unit(r: YamlReader, node: YamlNode, path: str) -> str:
     unit = r.text(node, path, "a unit name")
-    if not _UNIT_RE.match(unit):
+    if not re.match(_UNIT_RE, unit):
         r.fail(
             node, path, f"{shorten(unit)!r} is not a systemd unit name (such as kubelet.service)"
         )

@@ -7,3 +7,7 @@ plugin's strategy check and the systemd unit migd installs.
 May import: ``migd.errors``, ``migd.command``, ``migd.core``, ``migd.formats`` and
 ``migd.gpu``. Never the daemon or the verbs.
 """
+
+# The unit's name: here rather than in ``migd.node.unit``, so that the verbs' flags can
+# name it without loading the unit file.
+UNIT_NAME = "migd.service"
