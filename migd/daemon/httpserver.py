@@ -92,6 +92,40 @@ def only_metrics(app: WsgiApp) -> WsgiApp:
     return route
 
 
+def cached(app: WsgiApp, version: Callable[[], object]) -> WsgiApp:
+    """Wraps the exposition app: while ``version()`` returns the same value, the last
+    answer for the same Accept and Accept-Encoding headers is served again as it was.
+
+    The registry's content changes only when the daemon publishes a view or counts an
+    event, and ``version`` says which of those it holds; so a scrape between two of them
+    is a lookup, not a collection. The version is read before collecting: an answer
+    collected while the version moves on is stored under the older one, and the next
+    scrape collects again. Queries (``?name[]=...``) are not cached.
+    """
+    last: tuple[object, tuple[str, list[tuple[str, str]], bytes]] | None = None
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        nonlocal last
+        if environ.get("QUERY_STRING"):
+            return app(environ, start_response)
+        key = (version(), environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING"))
+        stored = last  # one reference, swapped whole: key and answer always match
+        if stored is None or stored[0] != key:
+            captured: list[Any] = []
+
+            def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+                captured[:] = [status, headers]
+
+            body = b"".join(app(environ, capture))
+            stored = (key, (captured[0], captured[1], body))
+            last = stored
+        status, headers, body = stored[1]
+        start_response(status, list(headers))
+        return [body]
+
+    return serve
+
+
 def _plain(
     start_response: Callable[..., Any],
     status: str,
@@ -319,6 +353,8 @@ class MetricsServer:
     """Serves ``registry`` on ``GET /metrics`` at ``address`` (HOST:PORT) from its own threads.
 
     ``port`` is the bound port once started (bind port 0 to get a free one).
+    ``version``, when given, says what the registry holds (see :func:`cached`): answers
+    are then rendered once per version, not once per scrape.
     ``client_timeout`` bounds how long one client may take to send its request and
     each later socket operation; ``max_connections`` caps the connections served at once.
     """
@@ -329,12 +365,14 @@ class MetricsServer:
         tls: TlsSettings | None = None,
         *,
         registry: CollectorRegistry,
+        version: Callable[[], object] | None = None,
         client_timeout: float = CLIENT_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.host, self._requested_port = split_address(address)
         self.tls = tls
         self.registry = registry
+        self.version = version
         self.client_timeout = client_timeout
         self.max_connections = max_connections
         self._server: _ThreadingServer | None = None
@@ -357,7 +395,10 @@ class MetricsServer:
         if self._server is not None:
             return
         context = make_tls_context(self.tls) if self.tls else None
-        app = only_metrics(make_wsgi_app(self.registry))
+        app = make_wsgi_app(self.registry)
+        if self.version is not None:
+            app = cached(app, self.version)
+        app = only_metrics(app)
         self._server = _ThreadingServer(
             self.host,
             self._requested_port,

@@ -3,10 +3,11 @@
 Two kinds of state, two mechanisms (client_python's custom-collector pattern):
 
 * The inventory (GPUs, MIG devices, desired layouts, remaining capacity, readiness,
-  config) is derived at each scrape by ``InventoryCollector`` from the last
-  ``DaemonView`` the daemon published. The view is immutable and swapped by reference,
-  so a scrape never waits for the loop or NVML, and the series of an instance that no
-  longer exists are simply not produced again.
+  config) is derived by ``InventoryCollector`` from the last ``DaemonView`` the daemon
+  published. The view is immutable and swapped by reference, so a scrape never waits
+  for the loop or NVML, and the series of an instance that no longer exists are simply
+  not produced again. The endpoint renders once per published view or counted event
+  (``MetricsObserver.version``) and serves that answer to every scrape in between.
 * Events (reconciles, apply errors, resets, reload attempts) are counters and a
   histogram, updated by ``MetricsObserver`` when the daemon reports them.
 
@@ -128,6 +129,10 @@ class InventoryCollector(Collector):
 
     def update(self, view: DaemonView) -> None:
         self._view = view
+
+    @property
+    def view(self) -> DaemonView | None:
+        return self._view
 
     def describe(self) -> list[Metric]:
         # The names this collector may produce, for the registry's duplicate check.
@@ -404,6 +409,13 @@ class MetricsObserver(DaemonObserver):
                 self.reconciles.labels(trigger.value, result)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        # Counts the events recorded above; with the view, what the registry holds.
+        self._events = 0
+
+    def version(self) -> tuple[DaemonView | None, int]:
+        """What the registry's content depends on: the published view and the events
+        counted so far. The endpoint renders its answer once per version."""
+        return (self.inventory.view, self._events)
 
     # DaemonObserver -------------------------------------------------------
 
@@ -422,14 +434,17 @@ class MetricsObserver(DaemonObserver):
                 self.resets.labels(label, "success" if ok else "failure").inc()
             if g.mutations:
                 self.mutations.labels(label).inc(g.mutations)
+        self._events += 1
 
     def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
         # No GPU result and no duration worth a histogram sample: the count is what
         # the reconcile-failing alert needs.
         self.reconciles.labels(trigger.value, "failed").inc()
+        self._events += 1
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
+        self._events += 1
 
 
 def apply_error_reason(outcome: GpuOutcome, error: str | None) -> str:
@@ -468,7 +483,9 @@ def start_endpoint(settings: MetricsSettings, address: str | None = None) -> Met
         return None
     observer = MetricsObserver()
     try:
-        server = MetricsServer(address, settings.tls, registry=observer.registry)
+        server = MetricsServer(
+            address, settings.tls, registry=observer.registry, version=observer.version
+        )
         server.start()
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         log.error("metrics endpoint on %s not started: %s", address, exc)
