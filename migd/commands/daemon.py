@@ -27,6 +27,8 @@ from migd.node import UNIT_NAME
 # The daemon is imported by the handlers that use it, so that building the parser for
 # any verb imports nothing of it (nor prometheus_client, http.server or watchdog).
 if TYPE_CHECKING:
+    import socket
+
     from migd.daemon.metrics import MetricsEndpoint
     from migd.daemon.view import DaemonObserver
 
@@ -179,10 +181,11 @@ examples:
 
 def run_daemon(args: argparse.Namespace) -> int:
     from migd.core.config import Settings
+    from migd.daemon.listen import listen_for_metrics
     from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
-    from migd.daemon.metrics import start_endpoint
     from migd.daemon.notify import Notifier, watchdog_interval
     from migd.daemon.runtime import RuntimeDir
+    from migd.daemon.view import LateObserver
     from migd.log import setup_logging
 
     environ = dict(os.environ)
@@ -196,6 +199,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(Path(args.runtime_dir))
     lock = runtime.claim(os.getpid())
     metrics: MetricsEndpoint | None = None
+    listener: socket.socket | None = None
     try:
         try:
             startup: Loaded | ConfigError = load_selected(
@@ -207,9 +211,25 @@ def run_daemon(args: argparse.Namespace) -> int:
         # Observers beyond the state file and STATUS= go here. The metrics endpoint
         # follows the settings read at start (an invalid file: the defaults).
         settings = startup.settings if isinstance(startup, Loaded) else Settings()
-        metrics = start_endpoint(settings.metrics, args.metrics_address)
-        if metrics is not None:
-            observers.append(metrics.observer)
+        # Its address is bound now (a taken port is reported at once, an early scrape
+        # waits in the backlog); the server and prometheus_client are loaded after
+        # READY=1, and hear everything that happened before from a stand-in.
+        listener = listen_for_metrics(settings.metrics, args.metrics_address)
+        late = LateObserver()
+        after_start = []
+        if listener is not None:
+            observers.append(late)
+
+            def start_metrics() -> None:
+                nonlocal metrics, listener
+                from migd.daemon.metrics import start_endpoint
+
+                metrics = start_endpoint(settings.metrics, args.metrics_address, listener=listener)
+                listener = None  # the endpoint owns it now (and closed it if it failed)
+                if metrics is not None:
+                    late.attach(metrics.observer)
+
+            after_start.append(start_metrics)
 
         options = DaemonOptions(
             config_file=config_file,
@@ -220,12 +240,20 @@ def run_daemon(args: argparse.Namespace) -> int:
             watchdog_interval=watchdog_interval(environ, os.getpid()),
         )
         daemon = Daemon(
-            options, NvmlGpus(), startup, runtime=runtime, notifier=notifier, observers=observers
+            options,
+            NvmlGpus(),
+            startup,
+            runtime=runtime,
+            notifier=notifier,
+            observers=observers,
+            after_start=after_start,
         )
         return daemon.run()
     finally:
         if metrics is not None:
             metrics.server.stop()
+        if listener is not None:
+            listener.close()
         notifier.close()
         lock.release()
 

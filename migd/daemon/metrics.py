@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from migd.core.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, Gp
 from migd.core.names import layout_counts, observed_layout, spec_names
 from migd.core.placement import layout_problem
 from migd.daemon.httpserver import MetricsServer
+from migd.daemon.listen import endpoint_address
 from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.gpu.executor import GpuOutcome, ReconcileResult
 from migd.node.strategy import STRATEGIES, check_strategy
@@ -468,23 +470,31 @@ class MetricsEndpoint:
     server: MetricsServer
 
 
-def start_endpoint(settings: MetricsSettings, address: str | None = None) -> MetricsEndpoint | None:
+def start_endpoint(
+    settings: MetricsSettings, address: str | None = None, *, listener: socket.socket | None = None
+) -> MetricsEndpoint | None:
     """Starts the endpoint ``settings`` ask for; ``address`` (``--metrics-address``)
     overrides theirs, ``""`` disabling it. None when disabled or when it cannot start.
+    ``listener``: the socket :func:`migd.daemon.listen.listen_for_metrics` bound for it.
 
     A port already taken or a bad certificate is logged as an error and the daemon runs
     on without metrics: keeping the GPUs right matters more than reporting on them
     (and Prometheus's ``up`` shows the endpoint missing). TLS is never dropped to serve
     in the clear instead.
     """
-    if address is None:
-        address = settings.address or ""
+    address = endpoint_address(settings, address)
     if not address:
+        if listener is not None:
+            listener.close()
         return None
     observer = MetricsObserver()
     try:
         server = MetricsServer(
-            address, settings.tls, registry=observer.registry, version=observer.version
+            address,
+            settings.tls,
+            registry=observer.registry,
+            version=observer.version,
+            listener=listener,
         )
         server.start()
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError

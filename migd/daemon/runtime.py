@@ -24,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +161,8 @@ class RuntimeDir:
             raise NotRunning(f"no migd state in {self.path} (is the daemon running?)") from None
 
     def request_reload(self) -> str:
+        import secrets  # only `migd reload` asks: the daemon need not load it
+
         token = f"{os.getpid()}-{secrets.token_hex(6)}"
         fd = os.open(
             self.reload_dir / token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600

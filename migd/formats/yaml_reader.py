@@ -17,7 +17,6 @@ a ConfigError.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -448,6 +447,8 @@ class YamlReader:
             if key in allowed:
                 found[key] = (key_node, value_node)
                 continue
+            import difflib  # only for a key that is wrong: it is rare
+
             close = difflib.get_close_matches(key, list(allowed), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             self.report(
