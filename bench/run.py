@@ -22,7 +22,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench import apply_time, disruption, footprint, planner_time, reaction, report, scrape
+from bench import (
+    apply_time,
+    disruption,
+    footprint,
+    oneshot,
+    planner_time,
+    reaction,
+    report,
+    scrape,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Sizes:
     apply_latency_scale: float
     edits: int
     starts: int
+    oneshot_runs: int
     idle_seconds: float
     scrape_samples: int
     scrape_latency_scale: float
@@ -46,6 +56,7 @@ FULL = Sizes(
     apply_latency_scale=1.0,
     edits=100,
     starts=5,
+    oneshot_runs=10,
     idle_seconds=60.0,
     scrape_samples=200,
     scrape_latency_scale=1.0,
@@ -59,6 +70,7 @@ QUICK = Sizes(
     apply_latency_scale=0.1,
     edits=10,
     starts=1,
+    oneshot_runs=2,
     idle_seconds=5.0,
     scrape_samples=20,
     scrape_latency_scale=0.1,
@@ -72,6 +84,7 @@ SECTIONS: dict[str, Callable[[str, Sizes], dict[str, Any]]] = {
     ),
     "reaction": lambda d, s: reaction.measure(d, edits=s.edits),
     "footprint": lambda d, s: footprint.measure(d, starts=s.starts, idle_seconds=s.idle_seconds),
+    "oneshot": lambda d, s: oneshot.measure(d, runs=s.oneshot_runs),
     "scrape": lambda d, s: scrape.measure(
         d, samples=s.scrape_samples, latency_scale=s.scrape_latency_scale
     ),
