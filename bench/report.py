@@ -71,6 +71,7 @@ def _migparted_tools(d: Mapping[str, Any]) -> list[str]:
 def headline(results: Mapping[str, Any]) -> list[str]:
     """The figures worth quoting, one line each (also printed by ``--quick``)."""
     lines = []
+    scope = results.get("scope")
     d = results.get("disruption")
     if d:
         m = d["tools"][MIGD]
@@ -91,6 +92,9 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             + " or ".join(str(w["gi_created"]) for w in worst)
             + " GPU instances to end with "
             + f"{worst[0]['instances']} ({worst[0]['after']})."
+            + f" Expected over Go's map order: {sum(calls) / len(calls):.0f} calls "
+            f"({_x(_div(sum(calls) / len(calls), base))})"
+            + (f"; {slot_order_range(scope['slot_orders'], 'from_empty')}." if scope else ".")
         )
         mt = m["transitions"]["totals"]
         tt = [d["tools"][t]["transitions"]["totals"] for t in mp]
@@ -100,7 +104,9 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             + " / ".join(f"{t['destroyed_keepable']} of {t['keepable']}" for t in tt)
             + ", with "
             + " / ".join(_x(_div(t["calls"]["mutating"], mt["calls"]["mutating"])) for t in tt)
-            + " migd's mutating calls."
+            + " migd's mutating calls (expected over Go's map order: "
+            + _x(_div(sum(t["calls"]["mutating"] for t in tt) / len(tt), mt["calls"]["mutating"]))
+            + (f"; {slot_order_range(scope['slot_orders'], 'transition')})." if scope else ").")
         )
     a = results.get("apply_time")
     if a:
@@ -112,6 +118,29 @@ def headline(results: Mapping[str, Any]) -> list[str]:
                 f"{_s(t[MIGPARTED]['seconds'])} ({_x(t[MIGD_PAR]['speedup'])} and "
                 f"{_x(t[MIGD_SEQ]['speedup'])} faster; simulated per-call latencies)."
             )
+    if scope:
+        mc = scope["mode_change"]
+        m, p = mc["tools"]["migd"], mc["tools"]["mig-parted model"]
+        lines.append(
+            f"A MIG mode change on 1 of {mc['gpus']} {mc['model']}: migd makes {m['mutating']} "
+            f"mutating calls and resets {m['gpus_reset']} GPU, leaving the other "
+            f"{mc['gpus'] - 1} untouched; the mig-parted model makes {p['mutating']} "
+            f"({_x(_div(p['mutating'], m['mutating']))}), resets {p['gpus_reset']} GPUs and "
+            f"destroys all {p['other_gis_destroyed']} GPU instances of the other "
+            f"{p['other_gpus_touched']}."
+        )
+        sv = {sc["name"]: sc for sc in scope["services"]["scenarios"]}
+        noop = sv["node already right (a boot, a restart)"]
+        mode = sv["MIG mode change on 1 of 8 GPUs"]
+        lines.append(
+            "Around a change: mig-parted's unit starts "
+            f"{noop['mig-parted']['processes']} processes (each initialising NVML) even when "
+            f"the node is already right, {mode['mig-parted']['processes']} for a mode change, "
+            f"in which its pre-Hopper hooks stop units {mode['mig-parted']['unit_stops']} times "
+            f"(kubelet {mode['mig-parted']['kubelet_stops']} times); migd's running daemon "
+            f"starts none, runs no hook when nothing changes, and runs each hook once per change "
+            f"(units stopped {mode['migd']['unit_stops']} times with the same hooks file)."
+        )
     r = results.get("reaction")
     if r:
         lines.append(
@@ -680,6 +709,7 @@ def render(results: Mapping[str, Any]) -> str:
         ("scrape", _scrape),
         ("planner", _planner),
         ("oneshot", _oneshot),
+        ("scope", _scope),
     )
     for key, fn in sections:
         if key in results:
@@ -702,3 +732,183 @@ def render(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# What the mig-parted figures rest on
+# ---------------------------------------------------------------------------
+
+
+def _paired_ratio(model: list[int | None], migd: list[int | None]) -> float | None:
+    """Model calls / migd calls over the scenarios both completed."""
+    pairs = [(a, b) for a, b in zip(model, migd, strict=True) if a is not None and b is not None]
+    return _div(sum(a for a, _ in pairs), sum(b for _, b in pairs))
+
+
+def slot_order_ratios(so: Mapping[str, Any], walk: str) -> list[dict[str, Any]]:
+    """Per combination of slot orders: the model's call ratio to migd for each tie order,
+    their mean (Go's map order picks either with equal chance), scenarios not reached."""
+    key = f"{walk}_calls"
+    migd = so["migd"][key]
+    rows = []
+    for combo in so["combinations"]:
+        ratios = {t: _paired_ratio(w[key], migd) for t, w in combo["tools"].items()}
+        known = [r for r in ratios.values() if r is not None]
+        rows.append(
+            {
+                "orders": combo["orders"],
+                "ratios": ratios,
+                "expected": sum(known) / len(known) if known else None,
+                "not_reached": max(w[f"{walk}_not_reached"] for w in combo["tools"].values()),
+            }
+        )
+    return rows
+
+
+def slot_order_range(so: Mapping[str, Any], walk: str) -> str:
+    rows = slot_order_ratios(so, walk)
+    every = [r for row in rows for r in row["ratios"].values() if r is not None]
+    expected = [row["expected"] for row in rows if row["expected"] is not None]
+    return (
+        f"{_x(min(every))}–{_x(max(every))} over the plausible slot orders of the unsourced "
+        f"{' and '.join(so['synthesized'])} (expected over Go's map order "
+        f"{_x(min(expected))}–{_x(max(expected))})"
+    )
+
+
+def _scope(s: Mapping[str, Any]) -> list[str]:
+    so = s["slot_orders"]
+    out = [
+        "## 8. What the mig-parted figures rest on",
+        "",
+        "### Slot orders without a placement",
+        "",
+        "mig-parted creates every GPU instance without a placement, so the driver picks its "
+        "slots, in an order observed on A100/H100 for some profiles only. On the "
+        f"{so['model']} the order is sourced for {', '.join(so['sourced'])} (observed on "
+        "A100/H100, the same chip) and trivial for "
+        f"{', '.join(so['single_placement'])} (one placement); for "
+        f"{' and '.join(so['synthesized'])} no source gives it: the simulator's model file "
+        "lists both as synthesized (`migd/formats/gpu-models/`). Section 1's figures use the "
+        "assumed orders; below, the mig-parted model is run again under every combination of "
+        "plausible orders for those two (both walks of section 1, both tie orders). migd "
+        "places every instance itself: no slot order changes its calls. Ratios are the "
+        "model's mutating calls over migd's; a layout the model fails to reach (all "
+        "orderings failed, the GPU left empty) still counts the calls it made, and a change "
+        "whose starting layout it cannot make is left out for both. The expected value "
+        "weighs both of Go's map orders equally.",
+        "",
+    ]
+    out += _table(
+        ("profile", "orders tried (starts, in order)"),
+        [
+            (name, "; ".join(f"{label}: {','.join(map(str, o))}" for label, o in opts.items()))
+            for name, opts in so["plausible"].items()
+        ],
+    )
+    for walk, title in (
+        ("from_empty", f"All {len(so['migd']['from_empty_calls'])} layouts from an empty GPU"),
+        ("transition", f"{len(so['migd']['transition_calls'])} layout changes"),
+    ):
+        rows = slot_order_ratios(so, walk)
+        tools = list(rows[0]["ratios"]) if rows else []
+        out += [f"**{title}** (mutating calls, mig-parted model / migd)", ""]
+        out += _table(
+            (*so["plausible"], *tools, "expected", "not reached by mig-parted"),
+            [
+                (
+                    *(row["orders"][n] for n in so["plausible"]),
+                    *(_x(row["ratios"][t]) for t in tools),
+                    _x(row["expected"]),
+                    row["not_reached"],
+                )
+                for row in rows
+            ],
+        )
+    mc = s["mode_change"]
+    t = mc["tools"]
+    out += [
+        f"### A MIG mode change on 1 of {mc['gpus']} GPUs",
+        "",
+        f"{mc['gpus']} simulated {mc['model']} (Ampere: a mode change waits for a GPU reset); "
+        f"GPUs 0-{mc['changed_gpu'] - 1} hold {mc['layout']}, GPU {mc['changed_gpu']} has MIG "
+        "off; the new config turns it on with the same layout. mig-parted's mode step clears "
+        "and sets the mode on every GPU and resets them all when one is pending, then lays "
+        "out every GPU again; each tool starts from the layout as it placed it itself.",
+        "",
+    ]
+    out += _table(
+        (
+            "tool",
+            "mutating calls",
+            "failed",
+            "SetMigMode calls",
+            "GPUs reset",
+            "other GPUs touched",
+            "their GPU instances destroyed",
+        ),
+        [
+            (
+                name,
+                r["mutating"],
+                r["failed"],
+                r["mode_sets"],
+                r["gpus_reset"],
+                f"{r['other_gpus_touched']} of {mc['gpus'] - 1}",
+                f"{r['other_gis_destroyed']} of {r['other_gis_before']}",
+            )
+            for name, r in t.items()
+        ],
+    )
+    sv = s["services"]
+    out += [
+        "### The node around a change",
+        "",
+        "Per change on "
+        f"{sv['gpus']} {sv['model']}s. mig-parted: one run of its unit "
+        "(`deployments/systemd/service.sh`: generate-config, assert --mode-only, for a mode "
+        "change apply --mode-only --skip-reset and apply --mode-only, then apply and export; "
+        "each a process initialising NVML) with the pre-Hopper hooks file the package "
+        "installs (`hooks-default.yaml` running `hooks.sh`: pre-apply-mode stops "
+        "dcgm-exporter, kubelet, nvidia-dcgm and nvsm, pre-apply-config dcgm-exporter and "
+        "kubelet, both kill the device-plugin, GPU-feature-discovery and DCGM-exporter "
+        "containers; apply-exit starts those services, after every apply). migd: the "
+        "running daemon applies the change (no process started; NVML initialisations "
+        "counted by the simulator for one apply); its hooks are those its plan calls for "
+        "(`migd.node.change`): none for a node already right, pre-apply-mode only for a mode "
+        "change; run with the same hooks file, they stop what that file stops. Without "
+        "hooks, its GPU client units (`settings.gpu-clients`) are stopped only for a mode "
+        "change or a destroy.",
+        "",
+    ]
+    rows = []
+    for sc in sv["scenarios"]:
+        m, p = sc["migd"], sc["mig-parted"]
+        rows.append(
+            (
+                sc["name"],
+                f"{p['processes']} / {p['nvml_inits']}",
+                f"{m['processes']} / {m['nvml_inits']}",
+                f"{len(p['hooks'])} / {len(m['hooks'])}",
+                f"{p['unit_stops']} / {m['unit_stops']}",
+                f"{p['kubelet_stops']} / {m['kubelet_stops']}",
+                f"{p['pod_kill_rounds']} / {m['pod_kill_rounds']}",
+                f"{p['unit_starts']} / {m['unit_starts']}",
+                "yes" if m["stops_clients"] else "no",
+            )
+        )
+    out += _table(
+        (
+            "change",
+            "mig-parted: processes / NVML inits",
+            "migd: processes / NVML inits",
+            "hook runs (mig-parted / migd)",
+            "units stopped",
+            "kubelet stopped",
+            "container-kill rounds",
+            "unit starts",
+            "migd stops its GPU client units",
+        ),
+        rows,
+    )
+    return out

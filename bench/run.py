@@ -30,6 +30,7 @@ from bench import (
     planner_time,
     reaction,
     report,
+    scope,
     scrape,
 )
 
@@ -48,6 +49,7 @@ class Sizes:
     scrape_samples: int
     scrape_latency_scale: float
     planner_repeats: int
+    slot_order_combinations: int
 
 
 FULL = Sizes(
@@ -61,6 +63,7 @@ FULL = Sizes(
     scrape_samples=200,
     scrape_latency_scale=1.0,
     planner_repeats=5,
+    slot_order_combinations=9,
 )
 # Quick: the same code paths, fewer samples and a tenth of the call latencies, so it
 # runs in CI in well under a minute. Its timings are not figures to quote.
@@ -75,6 +78,7 @@ QUICK = Sizes(
     scrape_samples=20,
     scrape_latency_scale=0.1,
     planner_repeats=1,
+    slot_order_combinations=2,
 )
 
 SECTIONS: dict[str, Callable[[str, Sizes], dict[str, Any]]] = {
@@ -85,6 +89,9 @@ SECTIONS: dict[str, Callable[[str, Sizes], dict[str, Any]]] = {
     "reaction": lambda d, s: reaction.measure(d, edits=s.edits),
     "footprint": lambda d, s: footprint.measure(d, starts=s.starts, idle_seconds=s.idle_seconds),
     "oneshot": lambda d, s: oneshot.measure(d, runs=s.oneshot_runs),
+    "scope": lambda d, s: scope.measure(
+        d, random_transitions=s.random_transitions, combinations=s.slot_order_combinations
+    ),
     "scrape": lambda d, s: scrape.measure(
         d, samples=s.scrape_samples, latency_scale=s.scrape_latency_scale
     ),

@@ -10,7 +10,6 @@ names, a listen address, a choice among words. Nested mappings (``metrics.tls``,
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import string
@@ -111,6 +110,8 @@ def _choice_parser(*options: str) -> _Parse:
         value = r.scalar(node, path)
         if value not in options:
             text = node.value if isinstance(node, ScalarNode) else ""
+            import difflib  # only for a value that is wrong: it is rare
+
             close = difflib.get_close_matches(text, options, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             r.fail(
