@@ -683,7 +683,119 @@ def _meta(meta: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render(results: Mapping[str, Any]) -> str:
+def _get(results: Mapping[str, Any], *path: Any) -> float | None:
+    value: Any = results
+    for key in path:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def key_figures(results: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    """The figures a later run is compared on, each lower-is-better: name -> (value, unit)."""
+    found: dict[str, tuple[float | None, str]] = {
+        "migd mutating calls, 127 layouts from empty": (
+            _get(results, "disruption", "tools", MIGD, "from_empty", "totals", "calls", "mutating"),
+            "calls",
+        ),
+        "migd mutating calls, layout changes": (
+            _get(
+                results, "disruption", "tools", MIGD, "transitions", "totals", "calls", "mutating"
+            ),
+            "calls",
+        ),
+        "config saved -> reconcile started, p50": (
+            _get(results, "reaction", "file_to_reconcile_started", "p50"),
+            "s",
+        ),
+        "`migd reload` round trip, p50": (
+            _get(results, "reaction", "reload_round_trip", "p50"),
+            "s",
+        ),
+        "start -> READY, p50": (_get(results, "footprint", "start_to_ready", "migd", "p50"), "s"),
+        "start -> READY vs bare pynvml": (
+            _get(results, "footprint", "start_to_ready", "ratio_p50"),
+            "x",
+        ),
+        "daemon RSS": (_get(results, "footprint", "memory_kib", "migd", "VmRSS"), "KiB"),
+        "daemon RSS vs bare pynvml": (_get(results, "footprint", "memory_kib", "rss_ratio"), "x"),
+        "/metrics idle, p50": (_get(results, "scrape", "idle", "p50"), "s"),
+        "/metrics idle, p99": (_get(results, "scrape", "idle", "p99"), "s"),
+        "/metrics during an apply, p50": (_get(results, "scrape", "during_apply", "p50"), "s"),
+        "/metrics during an apply, p99": (_get(results, "scrape", "during_apply", "p99"), "s"),
+        "planner from empty, p50": (_get(results, "planner", "from_empty", "planner", "p50"), "s"),
+        "planner for a change, p50": (
+            _get(results, "planner", "transition", "planner", "p50"),
+            "s",
+        ),
+    }
+    for scenario in (results.get("apply_time") or {}).get("scenarios", []):
+        for tool in (MIGD_PAR, MIGD_SEQ):
+            found[f"apply {scenario['name']}, {tool}"] = (
+                _get(scenario, "tools", tool, "seconds"),
+                "s",
+            )
+    o = results.get("oneshot")
+    if o:
+        for verb in oneshot_verbs(o):
+            found[f"`migd {verb}` wall, p50"] = (_get(o, "rows", verb, "seconds", "p50"), "s")
+            found[f"`migd {verb}` wall vs bare reader"] = (
+                _get(o, "rows", verb, "vs_reader", "seconds_p50"),
+                "x",
+            )
+            found[f"`migd {verb}` peak RSS vs bare reader"] = (
+                _get(o, "rows", verb, "vs_reader", "peak_rss_p50"),
+                "x",
+            )
+    return {k: (v, unit) for k, (v, unit) in found.items() if v is not None}
+
+
+def _figure(value: float, unit: str) -> str:
+    if unit == "s":
+        return _ms(value)
+    if unit == "x":
+        return _x(value)
+    if unit == "KiB":
+        return f"{value / 1024:.1f} MiB"
+    return f"{value:.0f}"
+
+
+REGRESSION = 1.10  # a figure 10 % worse than the previous run's is flagged
+
+
+def _against_previous(results: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[str]:
+    out = ["## 9. Against the previous run", ""]
+    if previous is None:
+        out += [
+            "No previous run's figures (`bench/results.json`) to compare with: this run's "
+            "become the baseline of the next.",
+            "",
+        ]
+        return out
+    now, before = key_figures(results), key_figures(previous)
+    out += [
+        f"Each figure against the same figure of the run of {previous['meta']['started']} "
+        f"(`{previous['meta']['command']}`), read from its JSON (`bench/results.json` before "
+        "this run replaced it). All are "
+        f"lower-is-better; a ratio above {_x(REGRESSION)} is marked as a regression. Absolute "
+        "times move with the machine's load; the ratios to a baseline of the same run "
+        "(marked ×) do much less.",
+        "",
+    ]
+    rows = []
+    for name, (value, unit) in now.items():
+        if name not in before:
+            continue
+        old = before[name][0]
+        change = _div(value, old)
+        flag = " (regression)" if change is not None and change > REGRESSION else ""
+        rows.append((name, _figure(value, unit), _figure(old, unit), _x(change) + flag))
+    return out + _table(("figure", "this run", "previous run", "ratio"), rows)
+
+
+def render(results: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> str:
     """The whole of BENCHMARKS.md."""
     out = [
         "# Benchmarks",
@@ -717,6 +829,8 @@ def render(results: Mapping[str, Any]) -> str:
             # The command that produced this section's figures alone.
             only = f"Command for this section alone: `python -m bench --only {key}`."
             out += [heading, blank, only, "", *body]
+    if not results["meta"]["quick"] or previous is not None:
+        out += _against_previous(results, previous)
     out += [
         "## How the figures are made",
         "",
