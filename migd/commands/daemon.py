@@ -215,19 +215,24 @@ def run_daemon(args: argparse.Namespace) -> int:
         # waits in the backlog); the server and prometheus_client are loaded after
         # READY=1, and hear everything that happened before from a stand-in.
         listener = listen_for_metrics(settings.metrics, args.metrics_address)
-        late = LateObserver()
         after_start = []
         if listener is not None:
+            late = LateObserver()
             observers.append(late)
 
             def start_metrics() -> None:
                 nonlocal metrics, listener
-                from migd.daemon.metrics import start_endpoint
+                from migd.daemon.metrics import MetricsObserver, start_endpoint
 
-                metrics = start_endpoint(settings.metrics, args.metrics_address, listener=listener)
+                # Told everything so far before the server answers the scrapes waiting.
+                observer = MetricsObserver()
+                late.attach(observer)
+                metrics = start_endpoint(
+                    settings.metrics, args.metrics_address, listener=listener, observer=observer
+                )
                 listener = None  # the endpoint owns it now (and closed it if it failed)
-                if metrics is not None:
-                    late.attach(metrics.observer)
+                if metrics is None:
+                    late.drop()  # logged; keep nothing for an endpoint that will not come
 
             after_start.append(start_metrics)
 

@@ -728,9 +728,11 @@ class Daemon:
         is bound already), once, right after the first READY=1, or SETTLE_IN_SECONDS
         after the start while the first reconcile is still at work.
         """
-        if self._settle_in_at is None or self._stopping:
+        if self._settle_in_at is None:
             return
         self._settle_in_at = None
+        if self._stopping:
+            return  # nothing new once stopping
         self._watcher = ConfigWatcher(self._options.config_file, lambda: self.post(ConfigTouched()))
         self._watcher.start()
         # Anything that changed between reading the config and watching it is seen.

@@ -471,11 +471,16 @@ class MetricsEndpoint:
 
 
 def start_endpoint(
-    settings: MetricsSettings, address: str | None = None, *, listener: socket.socket | None = None
+    settings: MetricsSettings,
+    address: str | None = None,
+    *,
+    listener: socket.socket | None = None,
+    observer: MetricsObserver | None = None,
 ) -> MetricsEndpoint | None:
     """Starts the endpoint ``settings`` ask for; ``address`` (``--metrics-address``)
     overrides theirs, ``""`` disabling it. None when disabled or when it cannot start.
-    ``listener``: the socket :func:`migd.daemon.listen.listen_for_metrics` bound for it.
+    ``listener``: the socket :func:`migd.daemon.listen.listen_for_metrics` bound for it;
+    ``observer``: the one to serve (one that already heard the daemon), else a new one.
 
     A port already taken or a bad certificate is logged as an error and the daemon runs
     on without metrics: keeping the GPUs right matters more than reporting on them
@@ -487,7 +492,7 @@ def start_endpoint(
         if listener is not None:
             listener.close()
         return None
-    observer = MetricsObserver()
+    observer = observer if observer is not None else MetricsObserver()
     try:
         server = MetricsServer(
             address,

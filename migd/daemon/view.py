@@ -132,6 +132,12 @@ class LateObserver(DaemonObserver):
         self._target: DaemonObserver | None = None
         self._view: DaemonView | None = None
         self._kept: list[Callable[[DaemonObserver], None]] = []
+        self._dropped = False
+
+    def drop(self) -> None:
+        """The observer will never come (it could not be set up): forget and ignore."""
+        with self._lock:
+            self._kept, self._view, self._dropped = [], None, True
 
     def attach(self, observer: DaemonObserver) -> None:
         with self._lock:
@@ -143,6 +149,8 @@ class LateObserver(DaemonObserver):
 
     def published(self, view: DaemonView) -> None:
         with self._lock:
+            if self._dropped:
+                return
             if self._target is None:
                 self._view = view
                 return
@@ -159,6 +167,8 @@ class LateObserver(DaemonObserver):
 
     def _tell(self, tell: Callable[[DaemonObserver], None]) -> None:
         with self._lock:
+            if self._dropped:
+                return
             if self._target is None:
                 self._kept.append(tell)
                 return
