@@ -9,7 +9,8 @@ on hardware — chosen inside the ranges commonly seen from ``nvidia-smi mig``:
 - GPU instance destroy: 50 ms;
 - compute instance create and destroy: 30 ms each;
 - a call the driver refuses costs the same as one it performs (the simulator
-  delays a call before deciding it);
+  delays a call before deciding it); the latency charged to refused calls is
+  reported apart, with what the sequential time would be if refusing cost nothing;
 - queries get no added latency: the simulator's own cost per query (tens of µs)
   is within the 0.01–0.9 ms measured on a real H200.
 
@@ -76,9 +77,15 @@ TOOLS: tuple[tuple[str, Apply], ...] = (
 )
 
 
-def _injected(calls: Mapping[str, Mapping[str, int]], scale: float) -> float:
-    """Seconds of latency the calls were charged in total (their sum, not wall time)."""
-    ms = sum(LATENCIES_MS.get(sym, 0.0) * n for sym, res in calls.items() for n in res.values())
+def _injected(calls: Mapping[str, Mapping[str, int]], scale: float, *, refused: bool) -> float:
+    """Seconds of latency charged (their sum, not wall time) to the calls the driver
+    performed (``refused`` False) or refused (True)."""
+    ms = sum(
+        LATENCIES_MS.get(sym, 0.0) * n
+        for sym, res in calls.items()
+        for result, n in res.items()
+        if (result != "SUCCESS") == refused
+    )
     return ms * scale / 1000
 
 
@@ -99,7 +106,15 @@ def _once(
         s: {r: n - first.get(s, {}).get(r, 0) for r, n in res.items()} for s, res in last.items()
     }
     calls: CallCounts = counts_between(first, last)
-    return {"seconds": seconds, "calls": calls, "injected_seconds": _injected(delta, scale)}
+    performed = _injected(delta, scale, refused=False)
+    refused = _injected(delta, scale, refused=True)
+    return {
+        "seconds": seconds,
+        "calls": calls,
+        "injected_seconds": performed + refused,
+        "performed_seconds": performed,
+        "refused_seconds": refused,
+    }
 
 
 def measure(workdir: str, *, gpus: int, repeats: int, scale: float = 1.0) -> dict[str, Any]:
@@ -118,11 +133,18 @@ def measure(workdir: str, *, gpus: int, repeats: int, scale: float = 1.0) -> dic
                 "mutating_calls": median["calls"].mutating,
                 "failed_calls": median["calls"].failed,
                 "injected_seconds": median["injected_seconds"],
+                "performed_seconds": median["performed_seconds"],
+                "refused_seconds": median["refused_seconds"],
+                # What the apply would take if the driver refused a call at no cost.
+                "seconds_without_refused": max(0.0, median["seconds"] - median["refused_seconds"]),
             }
         base = rows[MIGPARTED]["seconds"]
         for row in rows.values():
             row["vs_migparted"] = ratio(row["seconds"], base)
             row["speedup"] = ratio(base, row["seconds"])
+            row["speedup_without_refused"] = ratio(
+                rows[MIGPARTED]["seconds_without_refused"], row["seconds_without_refused"]
+            )
         scenarios.append(
             {
                 "name": name,

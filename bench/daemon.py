@@ -18,12 +18,21 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 
-from clean_env import clean_environ as clean_environ  # shared with the tests
+from clean_env import clean_environ as _clean_environ  # shared with the tests
 from notify_receiver import NotifyMessage, NotifyReceiver
 
 from bench.layouts import Layout, counts
 
 MIGD = (sys.executable, "-m", "migd")
+
+
+def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every process the benchmarks time: the tests' clean one, and
+    Python free to keep compiled bytecode, as an installed migd has it (with
+    PYTHONDONTWRITEBYTECODE every start would compile every module it loads)."""
+    env = _clean_environ(extra)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def free_port() -> int:

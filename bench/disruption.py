@@ -196,6 +196,31 @@ def _worst(runs: Sequence[Run], *, by_orderings: bool = False) -> dict[str, Any]
     }
 
 
+def run_walks(
+    tool: Tool, state: str, layouts: Sequence[Layout], moves: Sequence[Transition]
+) -> dict[str, Any]:
+    """Both walks for one tool (what the slot-order comparison needs): totals, the
+    mutating calls of each scenario (None for a change whose starting layout the tool
+    could not make: under some slot orders mig-parted cannot make every layout), and
+    how many layouts it did not reach."""
+    empty = [_run(tool, state, (), lay) for lay in layouts]
+    changes: list[Run | None] = []
+    for m in moves:
+        try:
+            changes.append(_run(tool, state, m.before, m.after, m.name))
+        except RuntimeError:
+            changes.append(None)
+    return {
+        "from_empty": _totals(empty),
+        "transitions": _totals([r for r in changes if r is not None]),
+        # A scenario the tool failed still made its calls: they count.
+        "from_empty_calls": [r.calls.mutating for r in empty],
+        "transition_calls": [r.calls.mutating if r else None for r in changes],
+        "from_empty_not_reached": sum(not r.ok for r in empty),
+        "transition_not_reached": sum(r is None or not r.ok for r in changes),
+    }
+
+
 def measure(workdir: str, *, random_transitions: int) -> dict[str, Any]:
     """Both walks for every tool; plain data for the report and the smoke test."""
     state = f"{workdir}/disruption.json"

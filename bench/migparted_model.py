@@ -291,3 +291,24 @@ class MigPartedModel:
         # "all orderings failed": the GPU is cleared and left empty.
         self.clear(device, rows)
         return ModelResult(orderings=orderings, succeeded=False, skipped=False)
+
+
+def apply_mode(gpus: Sequence[int], enabled: Mapping[int, bool]) -> tuple[int, ...]:
+    """mig-parted's mode step, once ``assert --mode-only`` failed for some GPU.
+
+    For EVERY matched GPU, not only those whose mode differs: clear its instances (when
+    MIG is on) and call ``SetMigMode``; returns the GPUs to reset: all of them when any
+    mode change is pending (``nvidia-smi -r -i <every bus id>``), else none.
+    """
+    model = MigPartedModel()
+    pending = False
+    for index in gpus:
+        device = pynvml.nvmlDeviceGetHandleByIndex(index)
+        current, _ = pynvml.nvmlDeviceGetMigMode(device)
+        if current == pynvml.NVML_DEVICE_MIG_ENABLE:
+            model.clear(device, gi_profile_table(device))
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled[index] else pynvml.NVML_DEVICE_MIG_DISABLE
+        pynvml.nvmlDeviceSetMigMode(device, mode)
+        current, wanted = pynvml.nvmlDeviceGetMigMode(device)
+        pending = pending or current != wanted
+    return tuple(gpus) if pending else ()

@@ -71,6 +71,7 @@ def _migparted_tools(d: Mapping[str, Any]) -> list[str]:
 def headline(results: Mapping[str, Any]) -> list[str]:
     """The figures worth quoting, one line each (also printed by ``--quick``)."""
     lines = []
+    scope = results.get("scope")
     d = results.get("disruption")
     if d:
         m = d["tools"][MIGD]
@@ -91,6 +92,9 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             + " or ".join(str(w["gi_created"]) for w in worst)
             + " GPU instances to end with "
             + f"{worst[0]['instances']} ({worst[0]['after']})."
+            + f" Expected over Go's map order: {sum(calls) / len(calls):.0f} calls "
+            f"({_x(_div(sum(calls) / len(calls), base))})"
+            + (f"; {slot_order_range(scope['slot_orders'], 'from_empty')}." if scope else ".")
         )
         mt = m["transitions"]["totals"]
         tt = [d["tools"][t]["transitions"]["totals"] for t in mp]
@@ -100,7 +104,9 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             + " / ".join(f"{t['destroyed_keepable']} of {t['keepable']}" for t in tt)
             + ", with "
             + " / ".join(_x(_div(t["calls"]["mutating"], mt["calls"]["mutating"])) for t in tt)
-            + " migd's mutating calls."
+            + " migd's mutating calls (expected over Go's map order: "
+            + _x(_div(sum(t["calls"]["mutating"] for t in tt) / len(tt), mt["calls"]["mutating"]))
+            + (f"; {slot_order_range(scope['slot_orders'], 'transition')})." if scope else ").")
         )
     a = results.get("apply_time")
     if a:
@@ -112,6 +118,29 @@ def headline(results: Mapping[str, Any]) -> list[str]:
                 f"{_s(t[MIGPARTED]['seconds'])} ({_x(t[MIGD_PAR]['speedup'])} and "
                 f"{_x(t[MIGD_SEQ]['speedup'])} faster; simulated per-call latencies)."
             )
+    if scope:
+        mc = scope["mode_change"]
+        m, p = mc["tools"]["migd"], mc["tools"]["mig-parted model"]
+        lines.append(
+            f"A MIG mode change on 1 of {mc['gpus']} {mc['model']}: migd makes {m['mutating']} "
+            f"mutating calls and resets {m['gpus_reset']} GPU, leaving the other "
+            f"{mc['gpus'] - 1} untouched; the mig-parted model makes {p['mutating']} "
+            f"({_x(_div(p['mutating'], m['mutating']))}), resets {p['gpus_reset']} GPUs and "
+            f"destroys all {p['other_gis_destroyed']} GPU instances of the other "
+            f"{p['other_gpus_touched']}."
+        )
+        sv = {sc["name"]: sc for sc in scope["services"]["scenarios"]}
+        noop = sv["node already right (a boot, a restart)"]
+        mode = sv["MIG mode change on 1 of 8 GPUs"]
+        lines.append(
+            "Around a change: mig-parted's unit starts "
+            f"{noop['mig-parted']['processes']} processes (each initialising NVML) even when "
+            f"the node is already right, {mode['mig-parted']['processes']} for a mode change, "
+            f"in which its pre-Hopper hooks stop units {mode['mig-parted']['unit_stops']} times "
+            f"(kubelet {mode['mig-parted']['kubelet_stops']} times); migd's running daemon "
+            f"starts none, runs no hook when nothing changes, and runs each hook once per change "
+            f"(units stopped {mode['migd']['unit_stops']} times with the same hooks file)."
+        )
     r = results.get("reaction")
     if r:
         lines.append(
@@ -130,11 +159,31 @@ def headline(results: Mapping[str, Any]) -> list[str]:
             f"{f['memory_kib']['migd']['VmRSS'] / 1024:.0f} MiB "
             f"({_x(f['memory_kib']['rss_ratio'])} the bare process)."
         )
+    o = results.get("oneshot")
+    if o:
+        rows = o["rows"]
+        lines.append(
+            "One-shot verbs ("
+            + ", ".join(
+                f"`{v}` {_ms(rows[v]['seconds']['p50'])}, "
+                f"{rows[v]['peak_rss_kib']['p50'] / 1024:.0f} MiB"
+                for v in oneshot_verbs(o)
+            )
+            + f"): {_x(max(rows[v]['vs_reader']['seconds_p50'] for v in oneshot_verbs(o)))} "
+            "the wall time and "
+            f"{_x(max(rows[v]['vs_reader']['peak_rss_p50'] for v in oneshot_verbs(o)))} the "
+            "peak RSS of a bare pynvml process reading the same GPUs, at most ("
+            f"{_x(max(rows[v]['vs_init']['seconds_p50'] for v in oneshot_verbs(o)))} and "
+            f"{_x(max(rows[v]['vs_init']['peak_rss_p50'] for v in oneshot_verbs(o)))} one that "
+            "only initialises NVML)."
+        )
     sc = results.get("scrape")
     if sc:
         lines.append(
-            f"/metrics on {sc['gpus']}×7 instances: p50 {_ms(sc['idle']['p50'])} idle, "
-            f"{_ms(sc['during_apply']['p50'])} during an apply "
+            f"/metrics on {sc['gpus']}×7 instances: p50 {_ms(sc['idle']['p50'])} "
+            f"(p99 {_ms(sc['idle']['p99'])}) idle, "
+            f"{_ms(sc['during_apply']['p50'])} (p99 {_ms(sc['during_apply']['p99'])}) "
+            "during an apply "
             f"({_x(sc['ratios']['during_vs_idle_p50'])} idle); a plain http.server: "
             f"{_ms(sc['plain_http_server']['p50'])}."
         )
@@ -331,7 +380,9 @@ def _apply_time(a: Mapping[str, Any]) -> list[str]:
         "",
         "Per-call latencies set in the simulator (`migd sim fault --call SYMBOL --latency MS`). "
         "They are ASSUMPTIONS chosen for illustration, not measurements: nothing was timed on "
-        "hardware. A refused call is charged the same as one that succeeds; queries get no "
+        "hardware. A refused call is charged the same as one that succeeds (the latency "
+        "charged to refused calls is shown apart, with the speed-up if refusing cost nothing); "
+        "queries get no "
         "added latency (the simulator's own cost is within the 0.01–0.9 ms measured per query "
         "on a real H200).",
         "",
@@ -342,8 +393,9 @@ def _apply_time(a: Mapping[str, Any]) -> list[str]:
     out += [
         f"Wall time from the start of the apply to its end, median of {_n(a['repeats'], 'run')}; "
         'the mig-parted model (sequential, as mig-parted is) is the baseline. "Latency '
-        'charged" sums the latency of every call made: what one GPU after another must wait '
-        "at least.",
+        'charged" sums the latency of the calls made (what one GPU after another must wait at '
+        "least), for the calls the driver performed and apart for those it refused; the last "
+        "column compares the wall times less the latency charged to refused calls.",
         "",
     ]
     for s in a["scenarios"]:
@@ -358,7 +410,9 @@ def _apply_time(a: Mapping[str, Any]) -> list[str]:
                     _x(row["speedup"]),
                     row["mutating_calls"],
                     row["failed_calls"],
-                    _s(row["injected_seconds"]),
+                    _s(row.get("performed_seconds", row["injected_seconds"])),
+                    _s(row.get("refused_seconds", 0.0)),
+                    _x(row.get("speedup_without_refused")),
                 )
             )
         out += _table(
@@ -369,7 +423,9 @@ def _apply_time(a: Mapping[str, Any]) -> list[str]:
                 "speed-up",
                 "mutating calls",
                 "failed",
-                "latency charged",
+                "latency charged: performed calls",
+                "refused calls",
+                "speed-up if refusing were free",
             ),
             rows,
         )
@@ -552,6 +608,57 @@ def _planner(p: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def oneshot_verbs(o: Mapping[str, Any]) -> list[str]:
+    return [name for name in o["rows"] if not name.startswith("bare")]
+
+
+def _oneshot(o: Mapping[str, Any]) -> list[str]:
+    rows = o["rows"]
+    out = [
+        "## 7. One-shot verbs",
+        "",
+        f"{o['gpus']} simulated H200s holding {o['layout']}. Each verb runs as its own process "
+        "(`migd --simulate STATE VERB`, `assert` and `plan` against a config the node already "
+        "holds). Baselines run with the same Python, import pynvml and activate the same "
+        "simulator the same way: the bare reader then reads every GPU's handle, UUID and MIG "
+        "mode (the least a tool reporting on the GPUs reads); bare init only calls "
+        "`nvmlInit()` and `nvmlShutdown()`. Every command runs once untimed (bytecode "
+        f"compiled, as installed), then all in turn, {_n(o['runs'], 'time')} each. Wall time "
+        "from process start to exit (p50), peak RSS (`ru_maxrss`, p50).",
+        "",
+    ]
+    table = []
+    for name, row in rows.items():
+        table.append(
+            (
+                f"`migd {name}`" if name in oneshot_verbs(o) else name,
+                _ms(row["seconds"]["p50"]),
+                _ms(row["seconds"]["p99"]),
+                f"{row['peak_rss_kib']['p50'] / 1024:.1f} MiB",
+                f"{_x(row['vs_reader']['seconds_p50'])} / {_x(row['vs_reader']['peak_rss_p50'])}",
+                f"{_x(row['vs_init']['seconds_p50'])} / {_x(row['vs_init']['peak_rss_p50'])}",
+            )
+        )
+    out += _table(
+        (
+            "process",
+            "wall p50",
+            "wall p99",
+            "peak RSS",
+            "vs bare reader: wall / RSS",
+            "vs bare init: wall / RSS",
+        ),
+        table,
+    )
+    out += [
+        "A verb loads only what it uses: the parser names every verb but imports no verb's "
+        "library, and nothing of the simulator is loaded without `--simulate` or "
+        "`MIGD_SIMULATE` (`tests/test_layers.py` holds both).",
+        "",
+    ]
+    return out
+
+
 def _meta(meta: Mapping[str, Any]) -> list[str]:
     m = meta["machine"]
     start = ", ".join(f"{x:.2f}" for x in m["load_average"])
@@ -576,7 +683,119 @@ def _meta(meta: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render(results: Mapping[str, Any]) -> str:
+def _get(results: Mapping[str, Any], *path: Any) -> float | None:
+    value: Any = results
+    for key in path:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def key_figures(results: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    """The figures a later run is compared on, each lower-is-better: name -> (value, unit)."""
+    found: dict[str, tuple[float | None, str]] = {
+        "migd mutating calls, 127 layouts from empty": (
+            _get(results, "disruption", "tools", MIGD, "from_empty", "totals", "calls", "mutating"),
+            "calls",
+        ),
+        "migd mutating calls, layout changes": (
+            _get(
+                results, "disruption", "tools", MIGD, "transitions", "totals", "calls", "mutating"
+            ),
+            "calls",
+        ),
+        "config saved -> reconcile started, p50": (
+            _get(results, "reaction", "file_to_reconcile_started", "p50"),
+            "s",
+        ),
+        "`migd reload` round trip, p50": (
+            _get(results, "reaction", "reload_round_trip", "p50"),
+            "s",
+        ),
+        "start -> READY, p50": (_get(results, "footprint", "start_to_ready", "migd", "p50"), "s"),
+        "start -> READY vs bare pynvml": (
+            _get(results, "footprint", "start_to_ready", "ratio_p50"),
+            "x",
+        ),
+        "daemon RSS": (_get(results, "footprint", "memory_kib", "migd", "VmRSS"), "KiB"),
+        "daemon RSS vs bare pynvml": (_get(results, "footprint", "memory_kib", "rss_ratio"), "x"),
+        "/metrics idle, p50": (_get(results, "scrape", "idle", "p50"), "s"),
+        "/metrics idle, p99": (_get(results, "scrape", "idle", "p99"), "s"),
+        "/metrics during an apply, p50": (_get(results, "scrape", "during_apply", "p50"), "s"),
+        "/metrics during an apply, p99": (_get(results, "scrape", "during_apply", "p99"), "s"),
+        "planner from empty, p50": (_get(results, "planner", "from_empty", "planner", "p50"), "s"),
+        "planner for a change, p50": (
+            _get(results, "planner", "transition", "planner", "p50"),
+            "s",
+        ),
+    }
+    for scenario in (results.get("apply_time") or {}).get("scenarios", []):
+        for tool in (MIGD_PAR, MIGD_SEQ):
+            found[f"apply {scenario['name']}, {tool}"] = (
+                _get(scenario, "tools", tool, "seconds"),
+                "s",
+            )
+    o = results.get("oneshot")
+    if o:
+        for verb in oneshot_verbs(o):
+            found[f"`migd {verb}` wall, p50"] = (_get(o, "rows", verb, "seconds", "p50"), "s")
+            found[f"`migd {verb}` wall vs bare reader"] = (
+                _get(o, "rows", verb, "vs_reader", "seconds_p50"),
+                "x",
+            )
+            found[f"`migd {verb}` peak RSS vs bare reader"] = (
+                _get(o, "rows", verb, "vs_reader", "peak_rss_p50"),
+                "x",
+            )
+    return {k: (v, unit) for k, (v, unit) in found.items() if v is not None}
+
+
+def _figure(value: float, unit: str) -> str:
+    if unit == "s":
+        return _ms(value)
+    if unit == "x":
+        return _x(value)
+    if unit == "KiB":
+        return f"{value / 1024:.1f} MiB"
+    return f"{value:.0f}"
+
+
+REGRESSION = 1.10  # a figure 10 % worse than the previous run's is flagged
+
+
+def _against_previous(results: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[str]:
+    out = ["## 9. Against the previous run", ""]
+    if previous is None:
+        out += [
+            "No previous run's figures (`bench/results.json`) to compare with: this run's "
+            "become the baseline of the next.",
+            "",
+        ]
+        return out
+    now, before = key_figures(results), key_figures(previous)
+    out += [
+        f"Each figure against the same figure of the run of {previous['meta']['started']} "
+        f"(`{previous['meta']['command']}`), read from its JSON (`bench/results.json` before "
+        "this run replaced it). All are "
+        f"lower-is-better; a ratio above {_x(REGRESSION)} is marked as a regression. Absolute "
+        "times move with the machine's load; the ratios to a baseline of the same run "
+        "(marked ×) do much less.",
+        "",
+    ]
+    rows = []
+    for name, (value, unit) in now.items():
+        if name not in before:
+            continue
+        old = before[name][0]
+        change = _div(value, old)
+        flag = " (regression)" if change is not None and change > REGRESSION else ""
+        rows.append((name, _figure(value, unit), _figure(old, unit), _x(change) + flag))
+    return out + _table(("figure", "this run", "previous run", "ratio"), rows)
+
+
+def render(results: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> str:
     """The whole of BENCHMARKS.md."""
     out = [
         "# Benchmarks",
@@ -601,6 +820,8 @@ def render(results: Mapping[str, Any]) -> str:
         ("footprint", _footprint),
         ("scrape", _scrape),
         ("planner", _planner),
+        ("oneshot", _oneshot),
+        ("scope", _scope),
     )
     for key, fn in sections:
         if key in results:
@@ -608,6 +829,8 @@ def render(results: Mapping[str, Any]) -> str:
             # The command that produced this section's figures alone.
             only = f"Command for this section alone: `python -m bench --only {key}`."
             out += [heading, blank, only, "", *body]
+    if not results["meta"]["quick"] or previous is not None:
+        out += _against_previous(results, previous)
     out += [
         "## How the figures are made",
         "",
@@ -623,3 +846,183 @@ def render(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# What the mig-parted figures rest on
+# ---------------------------------------------------------------------------
+
+
+def _paired_ratio(model: list[int | None], migd: list[int | None]) -> float | None:
+    """Model calls / migd calls over the scenarios both completed."""
+    pairs = [(a, b) for a, b in zip(model, migd, strict=True) if a is not None and b is not None]
+    return _div(sum(a for a, _ in pairs), sum(b for _, b in pairs))
+
+
+def slot_order_ratios(so: Mapping[str, Any], walk: str) -> list[dict[str, Any]]:
+    """Per combination of slot orders: the model's call ratio to migd for each tie order,
+    their mean (Go's map order picks either with equal chance), scenarios not reached."""
+    key = f"{walk}_calls"
+    migd = so["migd"][key]
+    rows = []
+    for combo in so["combinations"]:
+        ratios = {t: _paired_ratio(w[key], migd) for t, w in combo["tools"].items()}
+        known = [r for r in ratios.values() if r is not None]
+        rows.append(
+            {
+                "orders": combo["orders"],
+                "ratios": ratios,
+                "expected": sum(known) / len(known) if known else None,
+                "not_reached": max(w[f"{walk}_not_reached"] for w in combo["tools"].values()),
+            }
+        )
+    return rows
+
+
+def slot_order_range(so: Mapping[str, Any], walk: str) -> str:
+    rows = slot_order_ratios(so, walk)
+    every = [r for row in rows for r in row["ratios"].values() if r is not None]
+    expected = [row["expected"] for row in rows if row["expected"] is not None]
+    return (
+        f"{_x(min(every))}–{_x(max(every))} over the plausible slot orders of the unsourced "
+        f"{' and '.join(so['synthesized'])} (expected over Go's map order "
+        f"{_x(min(expected))}–{_x(max(expected))})"
+    )
+
+
+def _scope(s: Mapping[str, Any]) -> list[str]:
+    so = s["slot_orders"]
+    out = [
+        "## 8. What the mig-parted figures rest on",
+        "",
+        "### Slot orders without a placement",
+        "",
+        "mig-parted creates every GPU instance without a placement, so the driver picks its "
+        "slots, in an order observed on A100/H100 for some profiles only. On the "
+        f"{so['model']} the order is sourced for {', '.join(so['sourced'])} (observed on "
+        "A100/H100, the same chip) and trivial for "
+        f"{', '.join(so['single_placement'])} (one placement); for "
+        f"{' and '.join(so['synthesized'])} no source gives it: the simulator's model file "
+        "lists both as synthesized (`migd/formats/gpu-models/`). Section 1's figures use the "
+        "assumed orders; below, the mig-parted model is run again under every combination of "
+        "plausible orders for those two (both walks of section 1, both tie orders). migd "
+        "places every instance itself: no slot order changes its calls. Ratios are the "
+        "model's mutating calls over migd's; a layout the model fails to reach (all "
+        "orderings failed, the GPU left empty) still counts the calls it made, and a change "
+        "whose starting layout it cannot make is left out for both. The expected value "
+        "weighs both of Go's map orders equally.",
+        "",
+    ]
+    out += _table(
+        ("profile", "orders tried (starts, in order)"),
+        [
+            (name, "; ".join(f"{label}: {','.join(map(str, o))}" for label, o in opts.items()))
+            for name, opts in so["plausible"].items()
+        ],
+    )
+    for walk, title in (
+        ("from_empty", f"All {len(so['migd']['from_empty_calls'])} layouts from an empty GPU"),
+        ("transition", f"{len(so['migd']['transition_calls'])} layout changes"),
+    ):
+        rows = slot_order_ratios(so, walk)
+        tools = list(rows[0]["ratios"]) if rows else []
+        out += [f"**{title}** (mutating calls, mig-parted model / migd)", ""]
+        out += _table(
+            (*so["plausible"], *tools, "expected", "not reached by mig-parted"),
+            [
+                (
+                    *(row["orders"][n] for n in so["plausible"]),
+                    *(_x(row["ratios"][t]) for t in tools),
+                    _x(row["expected"]),
+                    row["not_reached"],
+                )
+                for row in rows
+            ],
+        )
+    mc = s["mode_change"]
+    t = mc["tools"]
+    out += [
+        f"### A MIG mode change on 1 of {mc['gpus']} GPUs",
+        "",
+        f"{mc['gpus']} simulated {mc['model']} (Ampere: a mode change waits for a GPU reset); "
+        f"GPUs 0-{mc['changed_gpu'] - 1} hold {mc['layout']}, GPU {mc['changed_gpu']} has MIG "
+        "off; the new config turns it on with the same layout. mig-parted's mode step clears "
+        "and sets the mode on every GPU and resets them all when one is pending, then lays "
+        "out every GPU again; each tool starts from the layout as it placed it itself.",
+        "",
+    ]
+    out += _table(
+        (
+            "tool",
+            "mutating calls",
+            "failed",
+            "SetMigMode calls",
+            "GPUs reset",
+            "other GPUs touched",
+            "their GPU instances destroyed",
+        ),
+        [
+            (
+                name,
+                r["mutating"],
+                r["failed"],
+                r["mode_sets"],
+                r["gpus_reset"],
+                f"{r['other_gpus_touched']} of {mc['gpus'] - 1}",
+                f"{r['other_gis_destroyed']} of {r['other_gis_before']}",
+            )
+            for name, r in t.items()
+        ],
+    )
+    sv = s["services"]
+    out += [
+        "### The node around a change",
+        "",
+        "Per change on "
+        f"{sv['gpus']} {sv['model']}s. mig-parted: one run of its unit "
+        "(`deployments/systemd/service.sh`: generate-config, assert --mode-only, for a mode "
+        "change apply --mode-only --skip-reset and apply --mode-only, then apply and export; "
+        "each a process initialising NVML) with the pre-Hopper hooks file the package "
+        "installs (`hooks-default.yaml` running `hooks.sh`: pre-apply-mode stops "
+        "dcgm-exporter, kubelet, nvidia-dcgm and nvsm, pre-apply-config dcgm-exporter and "
+        "kubelet, both kill the device-plugin, GPU-feature-discovery and DCGM-exporter "
+        "containers; apply-exit starts those services, after every apply). migd: the "
+        "running daemon applies the change (no process started; NVML initialisations "
+        "counted by the simulator for one apply); its hooks are those its plan calls for "
+        "(`migd.node.change`): none for a node already right, pre-apply-mode only for a mode "
+        "change; run with the same hooks file, they stop what that file stops. Without "
+        "hooks, its GPU client units (`settings.gpu-clients`) are stopped only for a mode "
+        "change or a destroy.",
+        "",
+    ]
+    rows = []
+    for sc in sv["scenarios"]:
+        m, p = sc["migd"], sc["mig-parted"]
+        rows.append(
+            (
+                sc["name"],
+                f"{p['processes']} / {p['nvml_inits']}",
+                f"{m['processes']} / {m['nvml_inits']}",
+                f"{len(p['hooks'])} / {len(m['hooks'])}",
+                f"{p['unit_stops']} / {m['unit_stops']}",
+                f"{p['kubelet_stops']} / {m['kubelet_stops']}",
+                f"{p['pod_kill_rounds']} / {m['pod_kill_rounds']}",
+                f"{p['unit_starts']} / {m['unit_starts']}",
+                "yes" if m["stops_clients"] else "no",
+            )
+        )
+    out += _table(
+        (
+            "change",
+            "mig-parted: processes / NVML inits",
+            "migd: processes / NVML inits",
+            "hook runs (mig-parted / migd)",
+            "units stopped",
+            "kubelet stopped",
+            "container-kill rounds",
+            "unit starts",
+            "migd stops its GPU client units",
+        ),
+        rows,
+    )
+    return out

@@ -22,7 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench import apply_time, disruption, footprint, planner_time, reaction, report, scrape
+from bench import (
+    apply_time,
+    disruption,
+    footprint,
+    oneshot,
+    planner_time,
+    reaction,
+    report,
+    scope,
+    scrape,
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,12 @@ class Sizes:
     apply_latency_scale: float
     edits: int
     starts: int
+    oneshot_runs: int
     idle_seconds: float
     scrape_samples: int
     scrape_latency_scale: float
     planner_repeats: int
+    slot_order_combinations: int
 
 
 FULL = Sizes(
@@ -46,10 +58,12 @@ FULL = Sizes(
     apply_latency_scale=1.0,
     edits=100,
     starts=5,
+    oneshot_runs=10,
     idle_seconds=60.0,
     scrape_samples=200,
     scrape_latency_scale=1.0,
     planner_repeats=5,
+    slot_order_combinations=9,
 )
 # Quick: the same code paths, fewer samples and a tenth of the call latencies, so it
 # runs in CI in well under a minute. Its timings are not figures to quote.
@@ -59,10 +73,12 @@ QUICK = Sizes(
     apply_latency_scale=0.1,
     edits=10,
     starts=1,
+    oneshot_runs=2,
     idle_seconds=5.0,
     scrape_samples=20,
     scrape_latency_scale=0.1,
     planner_repeats=1,
+    slot_order_combinations=2,
 )
 
 SECTIONS: dict[str, Callable[[str, Sizes], dict[str, Any]]] = {
@@ -72,6 +88,10 @@ SECTIONS: dict[str, Callable[[str, Sizes], dict[str, Any]]] = {
     ),
     "reaction": lambda d, s: reaction.measure(d, edits=s.edits),
     "footprint": lambda d, s: footprint.measure(d, starts=s.starts, idle_seconds=s.idle_seconds),
+    "oneshot": lambda d, s: oneshot.measure(d, runs=s.oneshot_runs),
+    "scope": lambda d, s: scope.measure(
+        d, random_transitions=s.random_transitions, combinations=s.slot_order_combinations
+    ),
     "scrape": lambda d, s: scrape.measure(
         d, samples=s.scrape_samples, latency_scale=s.scrape_latency_scale
     ),
@@ -147,7 +167,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where to write the report, - for standard output (default: BENCHMARKS.md; "
         "with --only: standard output; with --quick: nowhere, the headline is printed)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the results as JSON (default for a full run: bench/results.json, "
+        "committed with BENCHMARKS.md so that the next run compares against it)",
+    )
+    parser.add_argument(
+        "--previous",
+        metavar="FILE",
+        help="the previous run's JSON, to show each figure as a ratio against it (default: "
+        "the JSON file this run replaces, when there is one)",
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -160,9 +191,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+DEFAULT_JSON = "bench/results.json"
+
+
+def _previous(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            found: dict[str, Any] = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    full = not args.quick and not args.only
+    json_path = args.json or (DEFAULT_JSON if full and args.output is None else None)
+    # Read before this run replaces it. A quick run's figures are no baseline.
+    previous = _previous(args.previous or json_path)
+    if not args.previous and previous is not None and previous.get("meta", {}).get("quick"):
+        previous = None
     shown = argv if argv is not None else sys.argv[1:]
     results: dict[str, Any] = {
         "meta": {
@@ -184,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             results["meta"]["seconds"][name] = time.monotonic() - started
     results["meta"]["total_seconds"] = time.monotonic() - began
     results["meta"]["load_average_end"] = list(os.getloadavg())
-    text = report.render(results)
+    text = report.render(results, previous)
     # Only a full run of every section replaces BENCHMARKS.md by default; a partial
     # run prints its report, a quick one only its headline.
     default = None if args.quick else "-" if args.only else "BENCHMARKS.md"
@@ -197,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: wrote {output}", file=sys.stderr)
     if output != "-":
         sys.stdout.write(report.headline_text(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, sort_keys=False)
             f.write("\n")
     print(f"bench: done in {results['meta']['total_seconds']:.1f} s", file=sys.stderr)

@@ -9,11 +9,14 @@ mix two scenarios.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from migd.core.gpu_models import GpuModel
 from migd.sim import faults as sim_faults
 from migd.sim import node as sim_node
 from migd.sim.state import CallFault, Flags, NodeState
@@ -92,6 +95,53 @@ def set_latencies(path: str, latencies_ms: Mapping[str, float]) -> None:
         return node
 
     _change(path, change)
+
+
+def set_mig(path: str, index: int, enabled: bool) -> None:
+    """GPU ``index`` with MIG on or off at once (as after a reboot), no instances."""
+    mode = 1 if enabled else 0
+
+    def change(node: NodeState) -> NodeState:
+        gpu = dataclasses.replace(
+            node.gpus[index], mig_current=mode, mig_pending=mode, gpu_instances=()
+        )
+        return sim_node.replace_gpu(node, gpu)
+
+    _change(path, change)
+
+
+def reset(path: str, indices: Sequence[int]) -> None:
+    """``migd sim reset`` (what ``nvidia-smi -r -i`` does) on these GPUs."""
+    _change(path, lambda node: sim_node.reset_gpus(node, indices))
+
+
+@contextlib.contextmanager
+def default_orders(key: str, orders: Mapping[int, tuple[int, ...]]) -> Iterator[None]:
+    """The simulated driver trying ``orders`` (GI profile id -> starts) when a GPU
+    instance of GPU model ``key`` is created without a placement, in this process.
+
+    For the slot orders no source confirms (the model file's ``synthesized``): the
+    benchmarks run the mig-parted model under each plausible order. migd always gives
+    a placement, so no order changes what it does.
+    """
+    original = sim_node.load_model
+
+    @functools.cache
+    def load(name: str) -> GpuModel:
+        model = original(name)
+        if model.key != key:
+            return model
+        profiles = tuple(
+            dataclasses.replace(gi, default_order=orders.get(gi.id, gi.default_order))
+            for gi in model.gi_profiles
+        )
+        return dataclasses.replace(model, gi_profiles=profiles)
+
+    sim_node.load_model = load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sim_node.load_model = original  # type: ignore[assignment]
 
 
 def clear_faults(path: str) -> None:

@@ -14,7 +14,6 @@ import os
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +96,8 @@ def run_command(
     block migd, and only their tails are read back. Never raises for a program that
     fails: the result says why.
     """
+    import tempfile  # here: a daemon that runs no command does not pay for it
+
     argv = tuple(argv)
     started = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("disruption", "apply_time", "reaction", "footprint", "scrape", "planner")
+SECTIONS = (
+    "disruption",
+    "apply_time",
+    "reaction",
+    "footprint",
+    "scrape",
+    "planner",
+    "oneshot",
+    "scope",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,8 @@ def test_every_section_ran_and_the_report_names_its_command(
     assert meta["machine"]["nproc"] >= 1 and meta["machine"]["uname"]
     assert report.startswith("# Benchmarks")
     assert "Command: `python -m bench --quick" in report
-    for heading in ("## Headline", "## 1. ", "## 2. ", "## 3. ", "## 4. ", "## 5. ", "## 6. "):
+    headings = ("## Headline", *(f"## {n}. " for n in range(1, 9)))
+    for heading in headings:
         assert heading in report
 
 
@@ -143,3 +153,44 @@ def test_the_timed_sections_produced_figures(run: tuple[dict[str, Any], str]) ->
     p = results["planner"]
     assert p["from_empty"]["planner"]["n"] == 127
     assert _finite(p["transition"]["planner"]["p50"])
+
+
+def test_one_shot_verbs_and_their_baselines_ran(run: tuple[dict[str, Any], str]) -> None:
+    results, _ = run
+    rows = results["oneshot"]["rows"]
+    assert set(rows) == {"bare reader", "bare init", "export", "assert", "plan"}
+    for row in rows.values():
+        assert _finite(row["seconds"]["p50"]) and row["seconds"]["p50"] > 0
+        # Peak RSS of the command itself, not of the benchmark that started it.
+        assert 0 < row["peak_rss_kib"]["p50"] < 200 * 1024
+
+
+def test_what_the_migparted_figures_rest_on(run: tuple[dict[str, Any], str]) -> None:
+    results, report = run
+    scope = results["scope"]
+    orders = scope["slot_orders"]
+    assert orders["synthesized"] == ["1g.18gb+me", "1g.35gb"]
+    assumed = orders["combinations"][0]["tools"]
+    # The assumed orders are those of section 1: the same calls.
+    for name, walks in assumed.items():
+        section1 = results["disruption"]["tools"][name]["from_empty"]["totals"]["calls"]
+        assert walks["from_empty"]["calls"]["mutating"] == section1["mutating"]
+    mode = scope["mode_change"]["tools"]
+    assert mode["migd"]["gpus_reset"] == 1 and mode["migd"]["other_gpus_touched"] == 0
+    model = mode["mig-parted model"]
+    assert model["gpus_reset"] == 8 and model["other_gpus_touched"] == 7
+    assert model["other_gis_destroyed"] == model["other_gis_before"] > 0
+    services = {s["name"]: s for s in scope["services"]["scenarios"]}
+    noop = services["node already right (a boot, a restart)"]
+    assert noop["migd"]["hooks"] == [] and noop["mig-parted"]["processes"] == 4
+    assert "over the plausible slot orders" in report
+
+
+def test_a_run_is_compared_with_the_previous_one(run: tuple[dict[str, Any], str]) -> None:
+    from bench import report
+
+    results, _ = run
+    text = report.render(results, results)
+    section = text.split("## 9. Against the previous run", 1)[1].split("\n## ", 1)[0]
+    assert "| start -> READY, p50 |" in section
+    assert "1.00×" in section and "(regression)" not in section

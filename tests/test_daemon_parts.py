@@ -33,7 +33,7 @@ from migd.daemon.loop import (
 )
 from migd.daemon.notify import Notifier, watchdog_interval
 from migd.daemon.runtime import AlreadyRunning, ReloadAnswer, RuntimeDir
-from migd.daemon.view import DaemonObserver, DaemonView, Observers, Phase, Trigger
+from migd.daemon.view import DaemonObserver, DaemonView, LateObserver, Observers, Phase, Trigger
 from migd.errors import ConfigError, InvalidRequest, NvmlError
 from migd.formats.files import atomic_write
 from migd.formats.gpu_models import load_model
@@ -241,6 +241,7 @@ class Recorder(DaemonObserver):
         self.outcomes: list[tuple[Trigger, GpuOutcome]] = []
         self.failures: list[tuple[Trigger, str]] = []
         self.reloads: list[bool] = []
+        self.drifts: list[int] = []
 
     def published(self, view: DaemonView) -> None:
         self.views.append(view)
@@ -253,6 +254,9 @@ class Recorder(DaemonObserver):
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.append(ok)
+
+    def drifted(self, gpu: int) -> None:
+        self.drifts.append(gpu)
 
     def statuses(self) -> list[str]:
         return [v.status_line for v in self.views]
@@ -573,3 +577,33 @@ def test_state_file_holds_the_published_view(tmp_path: Path) -> None:
             "contested": False,
         }
     ]
+
+
+def test_a_late_observer_hears_what_happened_before_it_came() -> None:
+    """The metrics observer is set up after READY=1: nothing before it is lost."""
+    late = LateObserver()
+    first = DaemonView(pid=1, phase=Phase.STARTING, status_line="starting", config_file="c")
+    ready = DaemonView(pid=1, phase=Phase.READY, status_line="ready", config_file="c")
+    late.published(first)
+    late.reload_attempted(True)
+    late.reconcile_failed(Trigger.STARTUP, "GPU_IS_LOST")
+    late.drifted(3)
+    late.published(ready)
+    recorder = Recorder()
+    late.attach(recorder)
+    assert recorder.reloads == [True]
+    assert recorder.drifts == [3]
+    assert recorder.failures == [(Trigger.STARTUP, "GPU_IS_LOST")]
+    assert recorder.views == [ready]  # the last view, which replaces the ones before
+    late.reload_attempted(False)
+    assert recorder.reloads == [True, False]
+
+
+def test_a_late_observer_that_never_comes_keeps_nothing() -> None:
+    late = LateObserver()
+    late.reload_attempted(True)
+    late.drop()
+    late.reload_attempted(False)
+    recorder = Recorder()
+    late.attach(recorder)
+    assert recorder.reloads == [] and recorder.views == []

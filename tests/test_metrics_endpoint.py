@@ -457,3 +457,56 @@ def test_an_endpoint_that_cannot_start_is_logged_not_fatal(
     records = {id(r): r for r in caplog.records if r.levelname == "ERROR"}
     errors = [r.getMessage() for r in records.values()]
     assert len(errors) == 2 and all("metrics endpoint" in e for e in errors)
+
+
+def test_a_scrape_shows_every_published_view_and_counted_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answers are rendered once per view or event, and never go stale: each scrape
+    after a publication or a count shows it, and between them the registry is not
+    collected again."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_metrics import BALANCED, h200, holding, view
+
+    from migd.daemon.view import Trigger
+    from migd.gpu.executor import GpuOutcome, GpuResult, ReconcileResult
+
+    def sample(body: bytes, name: str, **labels: str) -> float | None:
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        return None
+
+    endpoint = start_endpoint(MetricsSettings(), "127.0.0.1:0")
+    assert endpoint is not None
+    observer, srv = endpoint.observer, endpoint.server
+    collected: list[int] = []
+    real_collect = observer.inventory.collect
+    monkeypatch.setattr(
+        observer.inventory, "collect", lambda: (collected.append(1), (yield from real_collect()))
+    )
+    try:
+        observer.published(view((h200(0),)))
+        first = request(srv)[2]
+        assert sample(first, "migd_mig_devices", gpu="0", profile="3g.71gb") is None
+        assert request(srv)[2] == first and len(collected) == 1
+
+        observer.published(view((holding(h200(0), *BALANCED),)))
+        second = request(srv)[2]
+        assert sample(second, "migd_mig_devices", gpu="0", profile="3g.71gb") == 1
+        assert request(srv)[2] == second and len(collected) == 2
+
+        snapshot = view((h200(0),)).snapshot
+        assert snapshot is not None
+        done = ReconcileResult("c", (GpuResult(0, GpuOutcome.APPLIED),), (), snapshot)
+        observer.reconciled(Trigger.FILE, done)
+        third = request(srv)[2]
+        assert sample(third, "migd_reconciles_total", trigger="file", result="applied") == 1
+        observer.reload_attempted(False)
+        assert sample(request(srv)[2], "migd_config_reloads_total", result="failure") == 1
+        observer.drifted(0)
+        assert sample(request(srv)[2], "migd_gpu_drift_events_total", gpu="0") == 1
+        assert len(collected) == 5
+    finally:
+        srv.stop()

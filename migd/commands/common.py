@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from migd.core.config import DEFAULT_RESET_COMMAND, Config
+if TYPE_CHECKING:
+    from migd.core.config import Config
 
 DEFAULT_CONFIG_FILE = "/etc/migd/config.yaml"
 ENV_CONFIG_FILE = ("MIGD_CONFIG_FILE", "MIG_PARTED_CONFIG_FILE")
@@ -79,4 +81,6 @@ def reset_command(args: argparse.Namespace, config: Config | None) -> tuple[str,
         return simulated_reset_command(args.simulate)
     if config is not None:
         return config.settings.reset_command
+    from migd.core.config import DEFAULT_RESET_COMMAND
+
     return DEFAULT_RESET_COMMAND

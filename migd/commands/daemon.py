@@ -17,20 +17,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migd.commands.common import add_config_file, add_selected_config, reset_command
-from migd.core.config import Settings
-from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
-from migd.daemon.metrics import MetricsEndpoint, start_endpoint
-from migd.daemon.notify import Notifier, watchdog_interval
-from migd.daemon.runtime import NotRunning, RuntimeDir, default_runtime_dir, pid_alive
-from migd.daemon.view import DaemonObserver
+from migd.daemon import default_runtime_dir
 from migd.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, MigdError
-from migd.formats.files import atomic_write
-from migd.log import setup_logging
-from migd.node.lock import NodeLock, node_lock_path
-from migd.node.unit import UNIT_NAME, UnitOptions, render_unit
+from migd.node import UNIT_NAME
+
+# The daemon is imported by the handlers that use it, so that building the parser for
+# any verb imports nothing of it (nor prometheus_client, http.server or watchdog).
+if TYPE_CHECKING:
+    import socket
+
+    from migd.daemon.metrics import MetricsEndpoint
+    from migd.daemon.view import DaemonObserver
+
 
 # How long `migd reload` waits by default: the unit's TimeoutStartSec, which also
 # bounds ExecReload.
@@ -185,6 +186,15 @@ examples:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    from migd.core.config import Settings
+    from migd.daemon.listen import listen_for_metrics
+    from migd.daemon.loop import Daemon, DaemonOptions, Loaded, NvmlGpus, load_selected
+    from migd.daemon.notify import Notifier, watchdog_interval
+    from migd.daemon.runtime import RuntimeDir
+    from migd.daemon.view import LateObserver
+    from migd.log import setup_logging
+    from migd.node.lock import NodeLock, node_lock_path
+
     environ = dict(os.environ)
     notifier = Notifier.from_environ(environ)
     if notifier.enabled or environ.get("JOURNAL_STREAM"):
@@ -197,6 +207,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     lock = runtime.claim(os.getpid())
     node = NodeLock(node_lock_path(environ, args.simulate))
     metrics: MetricsEndpoint | None = None
+    listener: socket.socket | None = None
     try:
         owner = node.claim_daemon(os.getpid(), config_file)
     except MigdError:
@@ -213,9 +224,30 @@ def run_daemon(args: argparse.Namespace) -> int:
         # Observers beyond the state file and STATUS= go here. The metrics endpoint
         # follows the settings read at start (an invalid file: the defaults).
         settings = startup.settings if isinstance(startup, Loaded) else Settings()
-        metrics = start_endpoint(settings.metrics, args.metrics_address)
-        if metrics is not None:
-            observers.append(metrics.observer)
+        # Its address is bound now (a taken port is reported at once, an early scrape
+        # waits in the backlog); the server and prometheus_client are loaded after
+        # READY=1, and hear everything that happened before from a stand-in.
+        listener = listen_for_metrics(settings.metrics, args.metrics_address)
+        after_start = []
+        if listener is not None:
+            late = LateObserver()
+            observers.append(late)
+
+            def start_metrics() -> None:
+                nonlocal metrics, listener
+                from migd.daemon.metrics import MetricsObserver, start_endpoint
+
+                # Told everything so far before the server answers the scrapes waiting.
+                observer = MetricsObserver()
+                late.attach(observer)
+                metrics = start_endpoint(
+                    settings.metrics, args.metrics_address, listener=listener, observer=observer
+                )
+                listener = None  # the endpoint owns it now (and closed it if it failed)
+                if metrics is None:
+                    late.drop()  # logged; keep nothing for an endpoint that will not come
+
+            after_start.append(start_metrics)
 
         options = DaemonOptions(
             config_file=config_file,
@@ -232,11 +264,14 @@ def run_daemon(args: argparse.Namespace) -> int:
             runtime=runtime,
             notifier=notifier,
             observers=observers,
+            after_start=after_start,
         )
         return daemon.run()
     finally:
         if metrics is not None:
             metrics.server.stop()
+        if listener is not None:
+            listener.close()
         notifier.close()
         owner.release()
         lock.release()
@@ -261,6 +296,8 @@ edit (even one the file watcher had already refused).
 
 
 def run_reload(args: argparse.Namespace) -> int:
+    from migd.daemon.runtime import RuntimeDir, pid_alive
+
     runtime = RuntimeDir(Path(args.runtime_dir))
     pid = runtime.read_pid()
     try:
@@ -338,6 +375,8 @@ def format_status(doc: dict[str, Any], running: bool) -> list[str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from migd.daemon.runtime import NotRunning, RuntimeDir
+
     runtime = RuntimeDir(Path(args.runtime_dir))
     doc = runtime.read_state()
     try:
@@ -389,6 +428,9 @@ def _interpreter(script: str) -> str | None:
 
 
 def run_install_unit(args: argparse.Namespace) -> int:
+    from migd.formats.files import atomic_write
+    from migd.node.unit import UnitOptions, render_unit
+
     command = migd_command()
     run_args: list[str] = []
     config_file = os.path.abspath(args.config_file) if args.config_file else None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from migd.commands.common import (
     add_config_file,
@@ -27,35 +27,19 @@ from migd.commands.mig_parted import (
     pending_resets_skipped,
     reset_skipped_summary,
 )
-from migd.core.checkpoint import Checkpoint, capture
-from migd.core.compare import mismatches
-from migd.core.config import DEFAULT_RESET_TIMEOUT, Config, select_config
-from migd.core.layout import NodeSnapshot
-from migd.core.parted_checkpoint import recorded_modes, resolve
-from migd.core.plan import Action, NodePlan, format_plan, plan_to_dict
-from migd.core.planner import plan_node
-from migd.core.selection import desired_layouts
 from migd.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, MigdError
-from migd.formats import checkpoint_file
-from migd.formats.config_file import load_config
-from migd.formats.export import DEFAULT_LABEL, export_config, generate_config, render
-from migd.formats.hooks_file import NO_HOOKS, load_hooks
-from migd.gpu.executor import ReconcileOptions, format_result
-from migd.gpu.nvml import NvmlAdapter
-from migd.node.change import (
-    ChangeReport,
-    NodeServices,
-    apply_with_services,
-    reconcile_with_services,
-)
-from migd.node.lock import (
-    DEFAULT_NODE_LOCK,
-    DEFAULT_WAIT_SECONDS,
-    NODE_LOCK_ENV,
-    NodeLock,
-    node_lock_path,
-    one_shot_change,
-)
+from migd.formats import DEFAULT_LABEL
+from migd.node import DEFAULT_NODE_LOCK, DEFAULT_WAIT_SECONDS, NODE_LOCK_ENV
+
+# Each verb imports the library it uses inside its handler: building the parser stays
+# cheap, so a one-shot verb pays for its own path only (no planner for export, no
+# executor for plan).
+if TYPE_CHECKING:
+    from migd.core.config import Config
+    from migd.core.layout import NodeSnapshot
+    from migd.core.plan import NodePlan
+    from migd.gpu.executor import ReconcileOptions
+    from migd.node.change import ChangeReport
 
 EXIT_CODES = """\
 exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input (nothing
@@ -190,6 +174,9 @@ def _parser(
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, str]:
+    from migd.core.config import select_config
+    from migd.formats.config_file import load_config
+
     config = load_config(args.config_file)
     return config, select_config(config, args.selected_config, os.environ)
 
@@ -199,6 +186,8 @@ def _say(line: str) -> None:
 
 
 def _options(args: argparse.Namespace, config: Config | None) -> ReconcileOptions:
+    from migd.gpu.executor import ReconcileOptions
+
     return ReconcileOptions(
         force=args.force,
         mode_only=getattr(args, "mode_only", False),
@@ -214,6 +203,8 @@ def _as_only_writer(args: argparse.Namespace, verb: str) -> contextlib.AbstractC
 
     ``--force`` overrides the daemon too: a forced change is the operator's explicit word.
     """
+    from migd.node.lock import NodeLock, node_lock_path, one_shot_change
+
     lock = NodeLock(node_lock_path(os.environ, args.simulate))
     return one_shot_change(
         lock,
@@ -243,6 +234,13 @@ PLAN_EXAMPLES = """\
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from migd.core.plan import Action, format_plan, plan_to_dict
+    from migd.core.planner import plan_node
+    from migd.core.selection import desired_layouts
+    from migd.gpu.nvml import NvmlAdapter
+
     config, name = _load(args)
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
@@ -297,6 +295,9 @@ APPLY_EXAMPLES = """\
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from migd.gpu.nvml import NvmlAdapter
+    from migd.node.change import NodeServices, apply_with_services
+
     config, name = _load(args)
     # Hooks, GPU client units, post-change refreshes and NFD labels (migd.node.change): the
     # hooks and gpu-clients files are read here, so a bad one touches no GPU.
@@ -316,6 +317,8 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def _report_change(report: ChangeReport, args: argparse.Namespace) -> int:
     """Print what apply or restore did; the exit code, with --skip-reset as mig-parted has it."""
+    from migd.gpu.executor import format_result
+
     result = report.result
     assert result is not None
     skipped = pending_resets_skipped(result, mode_only=args.mode_only) if args.skip_reset else ()
@@ -349,6 +352,10 @@ ASSERT_EXAMPLES = """\
 
 
 def run_assert(args: argparse.Namespace) -> int:
+    from migd.core.compare import mismatches
+    from migd.core.selection import desired_layouts
+    from migd.gpu.nvml import NvmlAdapter
+
     config, name = _load(args)
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
@@ -385,6 +392,9 @@ EXPORT_EXAMPLES = """\
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from migd.formats.export import export_config, render
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     snapshot = _whole_node(snapshot, "export the node's geometry")
@@ -407,6 +417,9 @@ GENERATE_EXAMPLES = """\
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from migd.formats.export import generate_config, render
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     text = render(generate_config(snapshot), args.output_format)
@@ -435,6 +448,10 @@ CHECKPOINT_EXAMPLES = """\
 
 
 def run_checkpoint(args: argparse.Namespace) -> int:
+    from migd.core.checkpoint import capture
+    from migd.formats import checkpoint_file
+    from migd.gpu.nvml import NvmlAdapter
+
     with NvmlAdapter.open(read_only=True) as nvml:
         snapshot = nvml.snapshot()
     saved = capture(_whole_node(snapshot, "checkpoint the node"))
@@ -458,6 +475,15 @@ RESTORE_EXAMPLES = """\
 
 
 def run_restore(args: argparse.Namespace) -> int:
+    from migd.core.checkpoint import Checkpoint
+    from migd.core.config import DEFAULT_RESET_TIMEOUT
+    from migd.core.parted_checkpoint import recorded_modes, resolve
+    from migd.core.planner import plan_node
+    from migd.formats import checkpoint_file
+    from migd.formats.hooks_file import NO_HOOKS, load_hooks
+    from migd.gpu.nvml import NvmlAdapter
+    from migd.node.change import NodeServices, reconcile_with_services
+
     saved = checkpoint_file.read(args.file)
     hooks = load_hooks(args.hooks_file) if args.hooks_file else NO_HOOKS
     services = NodeServices(hooks=hooks)

@@ -8,22 +8,18 @@ These sub-verbs take STATE themselves and never open NVML.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migd.core import nvml_codes
 from migd.errors import EXIT_OK, InvalidRequest
-from migd.formats.gpu_models import ModelDataError, load_model, model_names
-from migd.sim import faults as sim_faults
-from migd.sim import node as sim
-from migd.sim.state import CallFault, Flags, NodeState, StateError
-from migd.sim.store import StateStore, Transaction
-from migd.sim.symbols import check_call_name
+
+# The simulator is imported by the handlers that use it, so that building the parser
+# for any verb imports nothing of it.
+if TYPE_CHECKING:
+    from migd.sim.state import CallFault, NodeState
+    from migd.sim.store import StateStore
 
 SIM_DESCRIPTION = """\
 Manage a simulated GPU node. The node (GPUs, MIG modes, GPU and compute instances,
@@ -45,7 +41,7 @@ examples:
   migd sim stats /tmp/node.json --json
 """
 
-_GPU_SPEC = re.compile(r"^(?P<name>.+?)[xX](?P<count>[0-9]+)$")
+_GPU_SPEC = r"^(?P<name>.+?)[xX](?P<count>[0-9]+)$"
 _MAX_GPUS = 4096  # what a simulated handle can address
 
 
@@ -87,10 +83,14 @@ def _add(
 
 
 def _store(args: argparse.Namespace) -> StateStore:
+    from migd.sim.store import StateStore
+
     return StateStore(args.state)
 
 
 def _read(store: StateStore) -> NodeState:
+    from migd.sim.state import StateError
+
     try:
         return store.read()
     except FileNotFoundError:
@@ -103,6 +103,8 @@ def _read(store: StateStore) -> NodeState:
 
 def _change(store: StateStore, change: Callable[[NodeState], NodeState]) -> NodeState:
     """Apply ``change`` to the node under the exclusive lock; bad input exits 2."""
+    from migd.sim.store import Transaction
+
     _read(store)  # a clear message for a missing or foreign file
 
     def run(tx: Transaction) -> NodeState:
@@ -159,13 +161,15 @@ def _register_init(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 def _gpu_models(spec: str) -> list[str]:
     """Model keys for one ``--gpu`` value: ``H200``, ``H200x8``, ``A100-SXM4-40GBx2``."""
+    from migd.formats.gpu_models import ModelDataError, load_model, model_names
+
     try:
         return [load_model(spec).key]
     except ModelDataError as exc:
         raise InvalidRequest(str(exc)) from None
     except ValueError:
         pass
-    match = _GPU_SPEC.match(spec)
+    match = re.match(_GPU_SPEC, spec)
     if match:
         try:
             key = load_model(match["name"]).key
@@ -182,6 +186,12 @@ def _gpu_models(spec: str) -> list[str]:
 
 
 def _run_init(args: argparse.Namespace) -> int:
+    import contextlib
+    import dataclasses
+
+    from migd.sim import node as sim
+    from migd.sim.state import Flags
+
     keys = [key for spec in args.gpu for key in _gpu_models(spec)]
     if len(keys) > _MAX_GPUS:
         raise InvalidRequest(f"a simulated node holds at most {_MAX_GPUS} GPUs")
@@ -227,6 +237,9 @@ def _mode(value: int) -> str:
 
 def describe(node: NodeState) -> dict[str, Any]:
     """The node as ``migd sim show --json`` prints it (names resolved from the models)."""
+    from migd.core import nvml_codes
+    from migd.sim import node as sim
+
     gpus = []
     for gpu in node.gpus:
         model = sim.model_of(gpu)
@@ -303,6 +316,8 @@ def describe(node: NodeState) -> dict[str, Any]:
 
 
 def _text(node: NodeState, path: str) -> list[str]:
+    from migd.sim import faults as sim_faults
+
     flags = node.flags
 
     def yes(value: bool) -> str:
@@ -353,6 +368,8 @@ def _text(node: NodeState, path: str) -> list[str]:
 
 
 def _run_show(args: argparse.Namespace) -> int:
+    import json
+
     store = _store(args)
     node = _read(store)
     if args.json:
@@ -389,6 +406,8 @@ def _register_process(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _run_process(args: argparse.Namespace) -> int:
+    from migd.sim import node as sim
+
     store = _store(args)
     if args.process_action == "add":
         if args.ci is not None and args.gi is None:
@@ -450,6 +469,10 @@ def _register_fault(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _call_fault(args: argparse.Namespace) -> CallFault | None:
+    from migd.core import nvml_codes
+    from migd.sim.state import CallFault
+    from migd.sim.symbols import check_call_name
+
     has_effect = args.code is not None or args.hang is not None or args.latency is not None
     if args.call is None:
         if has_effect or args.count is not None or args.after or args.gpu is not None:
@@ -485,6 +508,8 @@ def _call_fault(args: argparse.Namespace) -> CallFault | None:
 
 
 def _run_fault(args: argparse.Namespace) -> int:
+    from migd.sim import faults as sim_faults
+
     fault = _call_fault(args)
     if args.after_effect and args.kill_at is None:
         raise InvalidRequest("--after-effect goes with --kill-at")
@@ -547,6 +572,9 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _run_reset(args: argparse.Namespace) -> int:
+    from migd.sim import node as sim
+    from migd.sim.store import Transaction
+
     store = _store(args)
     node = _read(store)
     indices: list[int] = []
@@ -599,6 +627,9 @@ def _register_reboot(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _run_reboot(args: argparse.Namespace) -> int:
+    from migd.sim import node as sim
+    from migd.sim.store import Transaction
+
     store = _store(args)
     _read(store)
 
@@ -642,6 +673,8 @@ def _register_stats(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run_stats(args: argparse.Namespace) -> int:
+    import json
+
     store = _store(args)
     _read(store)
     stats = store.stats()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from migd.commands.common import add_config_file, add_selected_config
-from migd.core.config import Config, find_selection
 from migd.errors import EXIT_INVALID, EXIT_OK, ConfigError, Problem
-from migd.formats.config_file import load_config
-from migd.formats.files import ownership_warning
+
+# The config reader is imported by the handler, so that building the parser for any verb
+# stays cheap.
+if TYPE_CHECKING:
+    from migd.core.config import Config
 
 DESCRIPTION = """\
 Check a migd config file (mig-parted's v1 format plus migd's settings) and report
@@ -58,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from migd.core.config import find_selection
+    from migd.formats.config_file import load_config
+    from migd.formats.files import ownership_warning
+
     # A file a root daemon would refuse is still checked: its owner and mode are a
     # matter of where it is installed, which is often not where it is validated.
     try:

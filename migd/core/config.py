@@ -10,7 +10,6 @@ against a GPU is selection's (``migd.core.selection``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ ENV_SELECTED_CONFIG = ("MIGD_SELECTED_CONFIG", "MIG_PARTED_SELECTED_CONFIG")
 # The values a config yields
 # ---------------------------------------------------------------------------
 
-_FILTER_RE = re.compile(r"^0[xX]([0-9A-Fa-f]{8})(?::0[xX]([0-9A-Fa-f]{8}))?$")
+_FILTER_RE = r"^0[xX]([0-9A-Fa-f]{8})(?::0[xX]([0-9A-Fa-f]{8}))?$"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class DeviceFilter:
 
         Raises ValueError, with a message an operator can act on, for anything else.
         """
-        m = _FILTER_RE.match(text)
+        m = re.match(_FILTER_RE, text)
         if not m:
             raise ValueError(
                 f"device-filter {text!r} is not a PCI id of the form 0xDDDDVVVV or "
@@ -226,6 +225,8 @@ def split_listen_address(address: str) -> tuple[str, int]:
         host, sep, port = address[1:].partition("]:")
         if not sep:
             raise ValueError(f"{address!r}: write an IPv6 address as [ADDRESS]:PORT")
+        import ipaddress  # only for an IPv6 address: rare, and a slow import
+
         try:
             ipaddress.IPv6Address(host)
         except ValueError:

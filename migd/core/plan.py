@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migd.core.checkpoint import GpuRecord
+if TYPE_CHECKING:
+    from migd.core.checkpoint import GpuRecord
 from migd.core.layout import DesiredGpu, GpuState, NodeSnapshot, Placement, gi_spec
 from migd.core.names import (
     ci_name,

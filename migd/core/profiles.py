@@ -145,13 +145,15 @@ KNOWN_ATTRIBUTES = frozenset(
 
 # mig-parted's grammar, plus migd's memory-agnostic form (``3g``, ``1c.3g``, ``1g+me``).
 # Digit runs are bounded so that int() never meets a number too long to convert.
-_PROFILE_RE = re.compile(
+# Patterns, not compiled objects: ``re`` compiles one on its first use and caches it,
+# so that importing migd compiles nothing.
+_PROFILE_RE = (
     r"^(?:(?P<c>[1-9][0-9]{0,2})c\.)?"
     r"(?P<g>[1-9][0-9]{0,2})g"
     r"(?:\.(?P<gb>[1-9][0-9]{0,5})gb)?"
     r"(?:(?P<sign>[+-])(?P<attrs>.+))?$"
 )
-_ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+_ATTR_RE = r"^[A-Za-z][A-Za-z0-9.]*$"
 
 
 class ProfileNameError(ValueError):
@@ -180,7 +182,7 @@ class ProfileName:
             raise ProfileNameError(f"a profile name must be a string, not {type(text).__name__}")
         if text != text.strip() or any(ch.isspace() for ch in text):
             raise ProfileNameError(f"profile name {text!r} contains spaces")
-        m = _PROFILE_RE.match(text)
+        m = re.match(_PROFILE_RE, text)
         if not m:
             raise ProfileNameError(
                 f"{text!r} is not a MIG profile name; expected [<C>c.]<G>g.<GB>gb[+attr], "
@@ -209,7 +211,7 @@ class ProfileName:
             for part in parts:
                 if not part:
                     raise ProfileNameError(f"{text!r}: empty attribute")
-                if not _ATTR_RE.match(part) or part.endswith("."):
+                if not re.match(_ATTR_RE, part) or part.endswith("."):
                     raise ProfileNameError(
                         f"{text!r}: attribute {part!r} must be alphanumeric or '.', "
                         "start with a letter and not end with '.'"

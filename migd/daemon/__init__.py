@@ -7,3 +7,15 @@ config-file watcher, and the Prometheus metrics with their HTTP endpoint.
 May import: ``migd.errors``, ``migd.command``, ``migd.core``, ``migd.formats``,
 ``migd.gpu`` and ``migd.node``. Never the verbs or the simulator.
 """
+
+from collections.abc import Mapping
+
+# Where the daemon keeps its runtime directory: here rather than in
+# ``migd.daemon.runtime``, so that the verbs' flags can name it without loading the
+# daemon.
+DEFAULT_RUNTIME_DIR = "/run/migd"
+RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"
+
+
+def default_runtime_dir(environ: Mapping[str, str]) -> str:
+    return environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR

@@ -26,25 +26,18 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from migd.core.config import TlsSettings, split_listen_address
+from migd.core.config import TlsSettings
+from migd.daemon.listen import MAX_CONNECTIONS, listen, split_address
+
+__all__ = ["MAX_CONNECTIONS", "MetricsServer", "split_address"]
 
 log = logging.getLogger("migd.daemon.metrics")
 
 METRICS_PATH = "/metrics"
 MAX_REQUEST_HEAD_BYTES = 8 * 1024  # request line + headers; a scrape needs a few hundred
 CLIENT_TIMEOUT_SECONDS = 10.0  # whole request head, and each later socket operation
-MAX_CONNECTIONS = 64  # beyond this, new connections are closed at once
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` → (host, port), as the config language reads ``metrics.address``
-    (ValueError says what is wrong); port 0 is also accepted here and binds a free port."""
-    host, _, port = address.rpartition(":")
-    if port == "0":  # only programs (tests) ask for it; the config itself wants 1-65535
-        return split_listen_address(f"{host}:1")[0], 0
-    return split_listen_address(address)
 
 
 def make_tls_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -90,6 +83,40 @@ def only_metrics(app: WsgiApp) -> WsgiApp:
         return [] if method == "HEAD" else [body]
 
     return route
+
+
+def cached(app: WsgiApp, version: Callable[[], object]) -> WsgiApp:
+    """Wraps the exposition app: while ``version()`` returns the same value, the last
+    answer for the same Accept and Accept-Encoding headers is served again as it was.
+
+    The registry's content changes only when the daemon publishes a view or counts an
+    event, and ``version`` says which of those it holds; so a scrape between two of them
+    is a lookup, not a collection. The version is read before collecting: an answer
+    collected while the version moves on is stored under the older one, and the next
+    scrape collects again. Queries (``?name[]=...``) are not cached.
+    """
+    last: tuple[object, tuple[str, list[tuple[str, str]], bytes]] | None = None
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        nonlocal last
+        if environ.get("QUERY_STRING"):
+            return app(environ, start_response)
+        key = (version(), environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING"))
+        stored = last  # one reference, swapped whole: key and answer always match
+        if stored is None or stored[0] != key:
+            captured: list[Any] = []
+
+            def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+                captured[:] = [status, headers]
+
+            body = b"".join(app(environ, capture))
+            stored = (key, (captured[0], captured[1], body))
+            last = stored
+        status, headers, body = stored[1]
+        start_response(status, list(headers))
+        return [body]
+
+    return serve
 
 
 def _plain(
@@ -226,29 +253,27 @@ class _Handler(WSGIRequestHandler):
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a stuck client never delays the daemon's exit
     block_on_close = False
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 makes a burst of scrapers (several Prometheus
-    # replicas, a federation) wait for their SYN retry; the connection cap still holds.
-    request_queue_size = MAX_CONNECTIONS
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        listener: socket.socket,
         app: WsgiApp,
         tls_context: ssl.SSLContext | None,
         client_timeout: float,
         max_connections: int,
     ) -> None:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        self.address_family = family[0][0]
+        self.address_family = listener.family
         self._tls_context = tls_context
         self.client_timeout = client_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         # A wake-up pair instead of serve_forever's polling: the accept loop sleeps
         # until a client comes or stop() writes a byte, and stops at once.
         self._wake_reader, self._wake_writer = socket.socketpair()
-        super().__init__((host, port), _Handler)
+        # The socket is bound and listening already (migd.daemon.listen): serve it.
+        super().__init__(listener.getsockname(), _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listener
+        self.server_bind()
         self.set_app(app)
 
     def serve_until_woken(self) -> None:
@@ -272,7 +297,7 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can hang on a broken
         # resolver; the name is only used in CGI variables nobody reads here.
-        socketserver.TCPServer.server_bind(self)
+        self.server_address = self.socket.getsockname()
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
@@ -319,6 +344,10 @@ class MetricsServer:
     """Serves ``registry`` on ``GET /metrics`` at ``address`` (HOST:PORT) from its own threads.
 
     ``port`` is the bound port once started (bind port 0 to get a free one).
+    ``listener``, when given, is the socket already bound to ``address`` (see
+    :mod:`migd.daemon.listen`); else ``start`` binds one. ``version``, when given, says
+    what the registry holds (see :func:`cached`): answers are then rendered once per
+    version, not once per scrape.
     ``client_timeout`` bounds how long one client may take to send its request and
     each later socket operation; ``max_connections`` caps the connections served at once.
     """
@@ -329,12 +358,16 @@ class MetricsServer:
         tls: TlsSettings | None = None,
         *,
         registry: CollectorRegistry,
+        version: Callable[[], object] | None = None,
+        listener: socket.socket | None = None,
         client_timeout: float = CLIENT_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.host, self._requested_port = split_address(address)
         self.tls = tls
         self.registry = registry
+        self.version = version
+        self._listener = listener
         self.client_timeout = client_timeout
         self.max_connections = max_connections
         self._server: _ThreadingServer | None = None
@@ -343,6 +376,8 @@ class MetricsServer:
     @property
     def port(self) -> int:
         if self._server is None:
+            if self._listener is not None:
+                return int(self._listener.getsockname()[1])
             return self._requested_port
         return int(self._server.server_address[1])
 
@@ -356,16 +391,27 @@ class MetricsServer:
         """Binds and starts serving; raises OSError (address in use, …) or ssl.SSLError."""
         if self._server is not None:
             return
-        context = make_tls_context(self.tls) if self.tls else None
-        app = only_metrics(make_wsgi_app(self.registry))
-        self._server = _ThreadingServer(
-            self.host,
-            self._requested_port,
-            app,
-            context,
-            self.client_timeout,
-            self.max_connections,
-        )
+        listener, self._listener = self._listener, None
+        try:
+            context = make_tls_context(self.tls) if self.tls else None
+            if listener is None:
+                host = f"[{self.host}]" if ":" in self.host else self.host
+                listener = listen(f"{host}:{self._requested_port}")
+            app = make_wsgi_app(self.registry)
+            if self.version is not None:
+                app = cached(app, self.version)
+            self._server = _ThreadingServer(
+                listener,
+                only_metrics(app),
+                context,
+                self.client_timeout,
+                self.max_connections,
+            )
+        except BaseException:
+            # A bound socket nobody serves would let scrapes hang instead of failing.
+            if listener is not None:
+                listener.close()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_until_woken,
             name="migd-metrics",
@@ -378,6 +424,9 @@ class MetricsServer:
         """Stops accepting and closes the socket; connections in flight end on their own."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
+        if self._listener is not None:  # bound, never started
+            self._listener.close()
+            self._listener = None
         if server is None:
             return
         server.wake()

@@ -73,6 +73,10 @@ log = logging.getLogger("migd.daemon.loop")
 
 # Editors and ConfigMap updates touch the directory several times per save.
 DEBOUNCE_SECONDS = 0.2
+# The config watcher and the metrics endpoint start after READY=1, or this long after the
+# start when the first reconcile takes longer (a boot that lays the GPUs out): edits and
+# scrapes during a long first apply are then seen and answered.
+SETTLE_IN_SECONDS = 1.0
 # What systemd is asked to grant for each step of a change (EXTEND_TIMEOUT_USEC): a
 # MIG mode change with a GPU reset takes minutes on real hardware.
 STEP_TIMEOUT_SECONDS = 300.0
@@ -394,6 +398,7 @@ class Daemon:
         runtime: RuntimeDir,
         notifier: Notifier,
         observers: Sequence[DaemonObserver] = (),
+        after_start: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._options = options
         self._gpus = gpus
@@ -446,6 +451,12 @@ class Daemon:
         self._watchdog_at = 0.0
         self._wedged_since: float | None = None
 
+        # What waits until READY=1 (or SETTLE_IN_SECONDS after the start, if the first
+        # reconcile takes that long): the config watcher and ``after_start``.
+        self._after_start = tuple(after_start)
+        self._settle_in_at: float | None = time.monotonic() + SETTLE_IN_SECONDS
+        self._watcher: ConfigWatcher | None = None
+
         self._ready_sent = False
         self._stopping = False
         self._exit_code: int | None = None
@@ -459,18 +470,15 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM (exit 0) or a startup failure under boot-policy strict."""
-        watcher = ConfigWatcher(self._options.config_file, lambda: self.post(ConfigTouched()))
         with signal_handlers(self.post):
-            watcher.start()
-            # Anything that changed between reading the config and watching it is seen.
-            self.post(ConfigTouched())
             try:
                 self._publish()
                 self._take_up(Trigger.STARTUP, self._startup, ())
                 self._loop()
                 self._notifier.flush()  # a last chance for STOPPING=1 and the last status
             finally:
-                watcher.stop()
+                if self._watcher is not None:
+                    self._watcher.stop()
                 if self._job is None:
                     self._gpus.close()
         code = EXIT_OK if self._exit_code is None else self._exit_code
@@ -499,7 +507,7 @@ class Daemon:
                     event = None
 
     def _timeout(self, now: float) -> float | None:
-        deadlines = [self._file_due]
+        deadlines = [self._file_due, self._settle_in_at]
         if self._watchdog_interval is not None:
             deadlines.append(self._watchdog_at)
         if self._job is None and not self._stopping:
@@ -552,6 +560,8 @@ class Daemon:
     # -- timers ----------------------------------------------------------------------------
 
     def _fire_timers(self, now: float) -> None:
+        if self._settle_in_at is not None and now >= self._settle_in_at:
+            self._settle_in()
         if self._watchdog_interval is not None and now >= self._watchdog_at:
             self._watchdog_at = now + self._watchdog_interval / 2
             self._ping_watchdog(now)
@@ -790,6 +800,29 @@ class Daemon:
             return
         self._ready_sent = True
         self._notifier.ready()
+        self._settle_in()
+
+    def _settle_in(self) -> None:
+        """Start what can wait until READY=1: a node already right gets there sooner.
+
+        The config watcher, then ``after_start`` (the metrics endpoint, whose socket
+        is bound already), once, right after the first READY=1, or SETTLE_IN_SECONDS
+        after the start while the first reconcile is still at work.
+        """
+        if self._settle_in_at is None:
+            return
+        self._settle_in_at = None
+        if self._stopping:
+            return  # nothing new once stopping
+        self._watcher = ConfigWatcher(self._options.config_file, lambda: self.post(ConfigTouched()))
+        self._watcher.start()
+        # Anything that changed between reading the config and watching it is seen.
+        self.post(ConfigTouched())
+        for start in self._after_start:
+            try:
+                start()
+            except Exception:
+                log.exception("starting %s failed", getattr(start, "__name__", start))
 
     def _drift_checked(self, job: DriftJob, done: JobDone) -> None:
         if done.error is not None:

@@ -3,10 +3,11 @@
 Two kinds of state, two mechanisms (client_python's custom-collector pattern):
 
 * The inventory (GPUs, MIG devices, desired layouts, remaining capacity, readiness,
-  config) is derived at each scrape by ``InventoryCollector`` from the last
-  ``DaemonView`` the daemon published. The view is immutable and swapped by reference,
-  so a scrape never waits for the loop or NVML, and the series of an instance that no
-  longer exists are simply not produced again.
+  config) is derived by ``InventoryCollector`` from the last ``DaemonView`` the daemon
+  published. The view is immutable and swapped by reference, so a scrape never waits
+  for the loop or NVML, and the series of an instance that no longer exists are simply
+  not produced again. The endpoint renders once per published view or counted event
+  (``MetricsObserver.version``) and serves that answer to every scrape in between.
 * Events (reconciles, apply errors, resets, reload attempts) are counters and a
   histogram, updated by ``MetricsObserver`` when the daemon reports them.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from migd.core.layout import ComputeInstance, GiProfile, GiSpec, GpuInstance, Gp
 from migd.core.names import layout_counts, observed_layout, spec_names
 from migd.core.placement import layout_problem
 from migd.daemon.httpserver import MetricsServer
+from migd.daemon.listen import endpoint_address
 from migd.daemon.view import DaemonObserver, DaemonView, Phase, Trigger
 from migd.gpu.executor import GpuOutcome, ReconcileResult
 from migd.node.strategy import STRATEGIES, check_strategy
@@ -71,7 +74,7 @@ _UNSETTLED = (GpuOutcome.FAILED, GpuOutcome.BLOCKED, GpuOutcome.REBOOT_REQUIRED)
 
 # An NVML error name (IN_USE, INSUFFICIENT_RESOURCES) or a migd reason word; anything
 # else (a sentence, a number) is replaced by the outcome so the label stays bounded.
-_REASON_RE = re.compile(r"^(?:[A-Z][A-Z0-9_]{0,39}|[a-z][a-z0-9_]{0,39})$")
+_REASON_RE = r"^(?:[A-Z][A-Z0-9_]{0,39}|[a-z][a-z0-9_]{0,39})$"
 
 
 def _gpu_label(index: int) -> str:
@@ -128,6 +131,10 @@ class InventoryCollector(Collector):
 
     def update(self, view: DaemonView) -> None:
         self._view = view
+
+    @property
+    def view(self) -> DaemonView | None:
+        return self._view
 
     def describe(self) -> list[Metric]:
         # The names this collector may produce, for the registry's duplicate check.
@@ -418,6 +425,13 @@ class MetricsObserver(DaemonObserver):
                 self.reconciles.labels(trigger.value, result)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        # Counts the events recorded above; with the view, what the registry holds.
+        self._events = 0
+
+    def version(self) -> tuple[DaemonView | None, int]:
+        """What the registry's content depends on: the published view and the events
+        counted so far. The endpoint renders its answer once per version."""
+        return (self.inventory.view, self._events)
 
     # DaemonObserver -------------------------------------------------------
 
@@ -439,23 +453,27 @@ class MetricsObserver(DaemonObserver):
                 self.resets.labels(label, "success" if ok else "failure").inc()
             if g.mutations:
                 self.mutations.labels(label).inc(g.mutations)
+        self._events += 1
 
     def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
         # No GPU result and no duration worth a histogram sample: the count is what
         # the reconcile-failing alert needs.
         self.reconciles.labels(trigger.value, "failed").inc()
+        self._events += 1
 
     def reload_attempted(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
+        self._events += 1
 
     def drifted(self, gpu: int) -> None:
         self.drift_events.labels(_gpu_label(gpu)).inc()
+        self._events += 1
 
 
 def apply_error_reason(outcome: GpuOutcome, error: str | None) -> str:
     """The bounded ``reason`` label: the NVML error name or migd reason word when the
     result carries one, else the outcome (``failed``, ``blocked``, ``reboot_required``)."""
-    if error and _REASON_RE.match(error):
+    if error and re.match(_REASON_RE, error):
         return error
     return outcome.value
 
@@ -473,22 +491,37 @@ class MetricsEndpoint:
     server: MetricsServer
 
 
-def start_endpoint(settings: MetricsSettings, address: str | None = None) -> MetricsEndpoint | None:
+def start_endpoint(
+    settings: MetricsSettings,
+    address: str | None = None,
+    *,
+    listener: socket.socket | None = None,
+    observer: MetricsObserver | None = None,
+) -> MetricsEndpoint | None:
     """Starts the endpoint ``settings`` ask for; ``address`` (``--metrics-address``)
     overrides theirs, ``""`` disabling it. None when disabled or when it cannot start.
+    ``listener``: the socket :func:`migd.daemon.listen.listen_for_metrics` bound for it;
+    ``observer``: the one to serve (one that already heard the daemon), else a new one.
 
     A port already taken or a bad certificate is logged as an error and the daemon runs
     on without metrics: keeping the GPUs right matters more than reporting on them
     (and Prometheus's ``up`` shows the endpoint missing). TLS is never dropped to serve
     in the clear instead.
     """
-    if address is None:
-        address = settings.address or ""
+    address = endpoint_address(settings, address)
     if not address:
+        if listener is not None:
+            listener.close()
         return None
-    observer = MetricsObserver()
+    observer = observer if observer is not None else MetricsObserver()
     try:
-        server = MetricsServer(address, settings.tls, registry=observer.registry)
+        server = MetricsServer(
+            address,
+            settings.tls,
+            registry=observer.registry,
+            version=observer.version,
+            listener=listener,
+        )
         server.start()
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         log.error("metrics endpoint on %s not started: %s", address, exc)

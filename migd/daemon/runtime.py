@@ -28,8 +28,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +37,12 @@ from migd.daemon.view import DaemonObserver, DaemonView
 from migd.errors import MigdError
 from migd.formats.files import atomic_write
 
-DEFAULT_RUNTIME_DIR = "/run/migd"
-RUNTIME_DIR_ENV = "MIGD_RUNTIME_DIR"
 STATE_FORMAT = 1
 
 PID_FILE = "migd.pid"
 STATE_FILE = "state.json"
 RELOAD_DIR = "reload"
 _ANSWER_SUFFIX = ".json"
-
-
-def default_runtime_dir(environ: Mapping[str, str]) -> str:
-    return environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
 
 
 class NotRunning(MigdError):
@@ -173,6 +165,8 @@ class RuntimeDir:
             raise NotRunning(f"no migd state in {self.path} (is the daemon running?)") from None
 
     def request_reload(self) -> str:
+        import secrets  # only `migd reload` asks: the daemon need not load it
+
         token = f"{os.getpid()}-{secrets.token_hex(6)}"
         fd = os.open(
             self.reload_dir / token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -124,3 +125,61 @@ class Observers(DaemonObserver):
                 tell(observer)
             except Exception:
                 log.exception("observer %s.%s failed", type(observer).__name__, event)
+
+
+class LateObserver(DaemonObserver):
+    """Stands in for an observer that is set up after the daemon has started (the
+    metrics endpoint, loaded after READY=1): the events before ``attach`` are kept and
+    told to the observer on attaching, so it misses none of them; later ones go
+    straight through. Only the last view is kept, as it replaces the ones before it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: DaemonObserver | None = None
+        self._view: DaemonView | None = None
+        self._kept: list[Callable[[DaemonObserver], None]] = []
+        self._dropped = False
+
+    def drop(self) -> None:
+        """The observer will never come (it could not be set up): forget and ignore."""
+        with self._lock:
+            self._kept, self._view, self._dropped = [], None, True
+
+    def attach(self, observer: DaemonObserver) -> None:
+        with self._lock:
+            for tell in self._kept:
+                tell(observer)
+            if self._view is not None:
+                observer.published(self._view)
+            self._kept, self._view, self._target = [], None, observer
+
+    def published(self, view: DaemonView) -> None:
+        with self._lock:
+            if self._dropped:
+                return
+            if self._target is None:
+                self._view = view
+                return
+        self._target.published(view)
+
+    def reconciled(self, trigger: Trigger, result: ReconcileResult) -> None:
+        self._tell(lambda o: o.reconciled(trigger, result))
+
+    def reconcile_failed(self, trigger: Trigger, reason: str) -> None:
+        self._tell(lambda o: o.reconcile_failed(trigger, reason))
+
+    def reload_attempted(self, ok: bool) -> None:
+        self._tell(lambda o: o.reload_attempted(ok))
+
+    def drifted(self, gpu: int) -> None:
+        self._tell(lambda o: o.drifted(gpu))
+
+    def _tell(self, tell: Callable[[DaemonObserver], None]) -> None:
+        with self._lock:
+            if self._dropped:
+                return
+            if self._target is None:
+                self._kept.append(tell)
+                return
+        tell(self._target)

@@ -20,37 +20,12 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger("migd.daemon.watch")
-
-# Events that can change what reading the config yields. Opens and reads are left
-# out on purpose: the daemon reading the file would otherwise wake itself forever.
-CHANGE_EVENTS = (
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-)
 
 
 def file_digest(path: str | os.PathLike[str]) -> str | None:
@@ -75,12 +50,51 @@ def watched_directories(path: str | os.PathLike[str]) -> tuple[Path, ...]:
     return tuple(dirs)
 
 
-class _Forward(FileSystemEventHandler):
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self._on_change = on_change
+def _start_observer(path: str | os.PathLike[str], on_change: Callable[[], None]) -> BaseObserver:
+    # watchdog is imported here, when the daemon starts watching (after READY=1), so
+    # that it costs nothing before.
+    from watchdog.events import (
+        DirCreatedEvent,
+        DirDeletedEvent,
+        DirModifiedEvent,
+        DirMovedEvent,
+        FileClosedEvent,
+        FileCreatedEvent,
+        FileDeletedEvent,
+        FileModifiedEvent,
+        FileMovedEvent,
+        FileSystemEventHandler,
+    )
+    from watchdog.observers import Observer
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self._on_change()
+    # Events that can change what reading the config yields. Opens and reads are left
+    # out on purpose: the daemon reading the file would otherwise wake itself forever.
+    change_events = [
+        FileCreatedEvent,
+        FileModifiedEvent,
+        FileClosedEvent,
+        FileMovedEvent,
+        FileDeletedEvent,
+        DirCreatedEvent,
+        DirModifiedEvent,
+        DirMovedEvent,
+        DirDeletedEvent,
+    ]
+
+    class Forward(FileSystemEventHandler):  # type: ignore[misc]
+        def on_any_event(self, event: Any) -> None:
+            on_change()
+
+    observer = Observer()
+    handler = Forward()
+    for directory in watched_directories(path):
+        try:
+            observer.schedule(handler, str(directory), recursive=False, event_filter=change_events)
+        except OSError as exc:
+            log.warning("cannot watch %s for config changes: %s", directory, exc)
+    observer.daemon = True
+    observer.start()
+    return observer
 
 
 class ConfigWatcher:
@@ -89,23 +103,12 @@ class ConfigWatcher:
     def __init__(self, path: str | os.PathLike[str], on_change: Callable[[], None]) -> None:
         self._path = path
         self._on_change = on_change
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
 
     def start(self) -> None:
         """Start watching. A directory that cannot be watched is logged, not fatal:
         SIGHUP and ``migd reload`` still work without the watcher."""
-        observer = Observer()
-        handler = _Forward(self._on_change)
-        for directory in watched_directories(self._path):
-            try:
-                observer.schedule(
-                    handler, str(directory), recursive=False, event_filter=list(CHANGE_EVENTS)
-                )
-            except OSError as exc:
-                log.warning("cannot watch %s for config changes: %s", directory, exc)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._observer = _start_observer(self._path, self._on_change)
 
     def stop(self) -> None:
         if self._observer is not None:

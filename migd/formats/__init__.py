@@ -11,3 +11,9 @@ May import: ``migd.errors``, ``migd.core``, PyYAML and the standard library (fil
 Never pynvml, subprocess or threading, nor the GPU side, the node, the daemon or the
 verbs.
 """
+
+# The config format's version (mig-parted's v1) and the name `migd export` gives the
+# config it writes: here rather than in their modules, so that the verbs' flags can
+# name them without loading the YAML readers.
+CONFIG_VERSION = "v1"
+DEFAULT_LABEL = "current"

@@ -37,6 +37,7 @@ from yaml.nodes import Node as YamlNode
 from migd.core.config import Config, ConfigEntry, DeviceFilter, Settings
 from migd.core.profiles import ProfileName, ProfileNameError
 from migd.errors import shorten
+from migd.formats import CONFIG_VERSION
 from migd.formats.files import read_trusted_file
 from migd.formats.settings import read_settings
 from migd.formats.yaml_reader import (
@@ -48,8 +49,6 @@ from migd.formats.yaml_reader import (
     read_version,
     read_yaml_document,
 )
-
-CONFIG_VERSION = "v1"
 
 # ---------------------------------------------------------------------------
 # Reading a file (the impure edge)

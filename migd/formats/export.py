@@ -25,9 +25,7 @@ import yaml
 from migd.core.layout import GiProfile, GpuState, NodeSnapshot
 from migd.core.names import observed_layout
 from migd.core.profiles import ProfileName, ProfileNameError
-from migd.formats.config_file import CONFIG_VERSION
-
-DEFAULT_LABEL = "current"
+from migd.formats import CONFIG_VERSION, DEFAULT_LABEL
 
 # all-balanced per compute-slice total (mig-parted's balancedFormula): G → count.
 _BALANCED = {7: {1: 2, 2: 1, 3: 1}, 4: {1: 2, 2: 1}}

@@ -54,7 +54,7 @@ STAGES = (APPLY_START, PRE_APPLY_MODE, PRE_APPLY_CONFIG, APPLY_EXIT)
 
 HOOK_KEYS = ("command", "args", "envs", "workdir")
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 # ---------------------------------------------------------------------------
 # The hooks file
@@ -174,7 +174,7 @@ def _read_hook(r: YamlReader, node: YamlNode, path: str, stage: str, position: i
     if "envs" in found and not is_null(found["envs"][1]):
         envs_path = join_key(path, "envs")
         for name, key_node, value_node in r.mapping(found["envs"][1], envs_path, "envs"):
-            if not _ENV_NAME_RE.match(name):
+            if not re.match(_ENV_NAME_RE, name):
                 r.report(
                     key_node,
                     join_key(envs_path, name),

@@ -10,7 +10,6 @@ names, a listen address, a choice among words. Nested mappings (``metrics.tls``,
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import string
@@ -111,6 +110,8 @@ def _choice_parser(*options: str) -> _Parse:
         value = r.scalar(node, path)
         if value not in options:
             text = node.value if isinstance(node, ScalarNode) else ""
+            import difflib  # only for a value that is wrong: it is rare
+
             close = difflib.get_close_matches(text, options, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             r.fail(
@@ -123,7 +124,7 @@ def _choice_parser(*options: str) -> _Parse:
     return parse
 
 
-_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h)$")
+_DURATION_RE = r"^([0-9]+(?:\.[0-9]+)?)(s|m|h)$"
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -136,7 +137,7 @@ def _duration_parser(*, zero_allowed: bool) -> _Parse:
             seconds = float(max(-1, min(value, MAX_DURATION_SECONDS + 1)))
         elif isinstance(value, float):
             seconds = value
-        elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        elif isinstance(value, str) and (m := re.match(_DURATION_RE, value)):
             seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         minimum = "0 (which disables it) or more" if zero_allowed else "more than 0"
         if seconds is None or not math.isfinite(seconds):

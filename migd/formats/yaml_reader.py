@@ -17,7 +17,6 @@ a ConfigError.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -473,6 +472,8 @@ class YamlReader:
             if key in allowed:
                 found[key] = (key_node, value_node)
                 continue
+            import difflib  # only for a key that is wrong: it is rare
+
             close = difflib.get_close_matches(key, list(allowed), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             self.report(
@@ -544,7 +545,7 @@ def read_argument(r: YamlReader, node: YamlNode, path: str, *, what: str = "") -
     return value
 
 
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$")
+_UNIT_RE = r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}$"
 
 
 def read_units(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
@@ -555,7 +556,7 @@ def read_units(r: YamlReader, node: YamlNode, path: str) -> tuple[str, ...]:
 
 def _read_unit(r: YamlReader, node: YamlNode, path: str) -> str:
     unit = r.text(node, path, "a unit name")
-    if not _UNIT_RE.match(unit):
+    if not re.match(_UNIT_RE, unit):
         r.fail(
             node, path, f"{shorten(unit)!r} is not a systemd unit name (such as kubelet.service)"
         )

@@ -26,7 +26,6 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -464,6 +463,9 @@ def _each(runs: Sequence[_GpuRun], step: Callable[[_GpuRun], None], parallel: bo
         for run in runs:
             step(run)
         return
+    # Here, not at the top: a daemon whose GPUs are already right never needs a pool.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="migd-gpu") as pool:
         for future in [pool.submit(step, run) for run in runs]:
             future.result()  # re-raises what is not a GPU failure (a bug, ReadOnlyError)

@@ -183,8 +183,9 @@ class NvmlAdapter:
         # Real CI tables learned from existing GIs, keyed by GPU model and GI profile id:
         # a CI table is a property of the model, so one GI teaches it for all alike GPUs.
         self._ci_tables: dict[tuple[int, int, int, int], tuple[CiProfile, ...]] = {}
-        # GI profile tables by GPU UUID: fixed for the life of the driver, read once.
-        self._gi_tables: dict[str, tuple[GiProfile, ...]] = {}
+        # GI profile tables by GPU model: fixed for the life of the driver, and alike
+        # GPUs have the same one (as for the CI tables), so read once per model.
+        self._gi_tables: dict[tuple[int, int, int], tuple[GiProfile, ...]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -400,7 +401,7 @@ class NvmlAdapter:
         profiles: tuple[GiProfile, ...] = ()
         instances: tuple[GpuInstance, ...] = ()
         if capable:
-            table = self._gi_table(ident.uuid, dev)
+            table = self._gi_table(ident.model, dev)
             # Instances exist only while MIG is on; skipping the scan saves ~20 calls.
             if enabled:
                 instances = self._instances(dev, table, ident.model)
@@ -599,13 +600,13 @@ class NvmlAdapter:
             )
         return tuple(result)
 
-    def _gi_table(self, uuid: str, dev: Any) -> tuple[GiProfile, ...]:
+    def _gi_table(self, model: tuple[int, int, int], dev: Any) -> tuple[GiProfile, ...]:
         with self._lock:
-            cached = self._gi_tables.get(uuid)
+            cached = self._gi_tables.get(model)
         if cached is None:
             cached = self._gi_profiles(dev)
             with self._lock:
-                self._gi_tables[uuid] = cached
+                self._gi_tables[model] = cached
         return cached
 
     def compute_instance_profiles(self, index: int, gi_id: int) -> tuple[CiProfile, ...]:
@@ -618,7 +619,7 @@ class NvmlAdapter:
         ident = self._identity(index, dev)
         gi_handle = self._gpu_instance(dev, gi_id)
         info = self._call("nvmlGpuInstanceGetInfo", pynvml.nvmlGpuInstanceGetInfo, gi_handle)
-        table = self._gi_table(ident.uuid, dev)
+        table = self._gi_table(ident.model, dev)
         profile = next((p for p in table if p.id == int(info.profileId)), None)
         if profile is None:
             raise NvmlError(

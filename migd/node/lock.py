@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migd.errors import MigdError, NodeBusy
+from migd.node import DEFAULT_NODE_LOCK, NODE_LOCK_ENV
 
-DEFAULT_NODE_LOCK = "/run/migd/node.lock"
-NODE_LOCK_ENV = "MIGD_NODE_LOCK"
 # How often a waiter tries the lock again; flock has no timeout of its own.
 POLL_SECONDS = 0.05
 
@@ -213,7 +212,6 @@ class NodeLock:
 
 # What a one-shot verb sends the daemon after changing the node under it: look now.
 CHECK_SIGNAL = signal.SIGUSR1
-DEFAULT_WAIT_SECONDS = 60.0
 
 
 def refusal(owner: DaemonPresent, verb: str) -> str:

@@ -59,11 +59,11 @@ HEADER = "# Written by migd (node-feature-discovery labels); it is replaced on e
 
 # Kubernetes label syntax (apimachinery validation): a value is at most 63 characters
 # of [A-Za-z0-9_.-], starting and ending alphanumeric.
-_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_VALUE_RE = r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 
 
 def valid_label_value(value: str) -> bool:
-    return bool(_VALUE_RE.match(value))
+    return bool(re.match(_VALUE_RE, value))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-UNIT_NAME = "migd.service"
+from migd.node import UNIT_NAME
+
 DEFAULT_EXECUTABLE = "/usr/bin/migd"
 # Directories systemd's ProtectHome= hides; a migd installed below one needs read access.
 HOME_DIRECTORIES = ("/home", "/root", "/run/user")

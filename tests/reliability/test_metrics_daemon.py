@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import BALANCED, SMALL, Daemon, all_hold, config_text, running
+from daemon_support import BALANCED, SMALL, Daemon, all_hold, config_text, running, wait_for
 from reliability_support import (
     alive,
     free_port,
@@ -221,7 +221,8 @@ def test_tls_with_client_certificates_refuses_clients_without_one(
     url = f"https://127.0.0.1:{port}/metrics"
     with running(tmp_path, tls_config(pki, port)) as started:
         started.ready()
-        assert "serving metrics on https://" in started.log()
+        # The server loads right after READY=1 (its socket is bound before).
+        wait_for(lambda: "serving metrics on https://" in started.log(), "serving over TLS")
         assert refused(url, client_context(pki))  # no certificate
         assert refused(url, client_context(pki, "rogue"))  # signed by another CA
         assert b"migd_" not in send_raw(port, b"GET /metrics HTTP/1.0\r\n\r\n")  # plain HTTP
