@@ -100,9 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sim.activate(args.simulate)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe is found here, not in Python's exit
+        return code
     except MigdError as exc:
         logging.getLogger("migd").error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`migd status | head`): what it did not read is not an
+        # error of migd's. Python would complain again at exit while flushing stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from clean_env import clean_environ
 from geometry_support import (
     A100,
     H200,
@@ -441,3 +444,21 @@ def test_every_verb_help_has_a_description_and_an_example(
     assert "examples:" in out and f"migd {verb}" in out
     assert "exit codes:" in out
     assert len(out.split("\n\n")[1]) > 80  # a description, not just a usage line
+
+
+def test_a_reader_that_goes_away_ends_a_verb_quietly(tmp_path: Path) -> None:
+    """`migd sim show STATE | head -1`: no traceback when the pipe closes early."""
+    state = tmp_path / "node.json"
+    init = [sys.executable, "-m", "migd", "sim", "init", str(state), "--gpu", "H200x8"]
+    subprocess.run(init, check=True, capture_output=True, timeout=60, env=clean_environ())
+    show = subprocess.Popen(
+        [sys.executable, "-m", "migd", "sim", "show", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_environ(),
+    )
+    assert show.stdout is not None and show.stderr is not None
+    show.stdout.close()  # before the verb writes a line
+    _, err = show.communicate(timeout=60)
+    assert show.returncode == 1
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
