@@ -441,3 +441,17 @@ def test_every_verb_help_has_a_description_and_an_example(
     assert "examples:" in out and f"migd {verb}" in out
     assert "exit codes:" in out
     assert len(out.split("\n\n")[1]) > 80  # a description, not just a usage line
+
+
+def test_the_parser_built_for_one_verb_is_the_one_its_module_registers() -> None:
+    # main() builds only the named verb's parsers: the table must list what each
+    # module registers, or a verb would be routed to the wrong module (or none).
+    import argparse
+    import importlib
+
+    from migd.cli import VERB_MODULES
+
+    for module, verbs in VERB_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert tuple(sub.choices) == verbs
