@@ -15,17 +15,28 @@ from collections.abc import Sequence
 
 from migd import __version__
 from migd.commands.common import env_flag
-from migd.commands.mig_parted import normalize_argv, program_name
+from migd.commands.mig_parted import normalize_argv, program_name, verb_index
 from migd.errors import EXIT_FAILED, EXIT_INVALID, MigdError
 from migd.log import setup_logging
 
-# Each module offers ``register(subparsers)``, adding its verbs with a ``handler`` default.
-VERB_MODULES = (
-    "migd.commands.validate",
-    "migd.commands.geometry",
-    "migd.commands.daemon",
-    "migd.commands.sim",
-)
+# Each module offers ``register(subparsers)``, adding these verbs with a ``handler``
+# default. A command names its verb, so only that module's parsers are built: building
+# every verb's flags costs each one-shot command and the daemon's start a few ms.
+# ``migd --help``, no verb or an unknown one build them all, so the list is complete.
+VERB_MODULES: dict[str, tuple[str, ...]] = {
+    "migd.commands.validate": ("validate",),
+    "migd.commands.geometry": (
+        "plan",
+        "apply",
+        "assert",
+        "export",
+        "generate-config",
+        "checkpoint",
+        "restore",
+    ),
+    "migd.commands.daemon": ("run", "reload", "status", "install-unit"),
+    "migd.commands.sim": ("sim",),
+}
 
 DESCRIPTION = """\
 migd owns the MIG (Multi-Instance GPU) geometry of an NVIDIA GPU node.
@@ -52,7 +63,9 @@ exit codes: 0 ok or nothing to do, 1 failed (GPU restored), 2 invalid input,
 """
 
 
-def build_parser(prog: str = "migd") -> argparse.ArgumentParser:
+def build_parser(prog: str = "migd", verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``verb`` (one of ``VERB_MODULES``) only that verb's module."""
+    modules = [m for m, verbs in VERB_MODULES.items() if verb in verbs] or list(VERB_MODULES)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
@@ -75,7 +88,7 @@ def build_parser(prog: str = "migd") -> argparse.ArgumentParser:
         "(also MIGD_SIMULATE); create one with 'migd sim init'",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERB_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -89,8 +102,10 @@ def build_parser(prog: str = "migd") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Called as nvidia-mig-parted, migd answers to mig-parted's spellings and name.
     prog = program_name(sys.argv[0]) if argv is None else "migd"
-    parser = build_parser(prog)
-    args = parser.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    words = normalize_argv(sys.argv[1:] if argv is None else argv)
+    at = verb_index(words)
+    parser = build_parser(prog, words[at] if at is not None and at < len(words) else None)
+    args = parser.parse_args(words)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_INVALID

@@ -462,3 +462,17 @@ def test_a_reader_that_goes_away_ends_a_verb_quietly(tmp_path: Path) -> None:
     _, err = show.communicate(timeout=60)
     assert show.returncode == 1
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_the_parser_built_for_one_verb_is_the_one_its_module_registers() -> None:
+    # main() builds only the named verb's parsers: the table must list what each
+    # module registers, or a verb would be routed to the wrong module (or none).
+    import argparse
+    import importlib
+
+    from migd.cli import VERB_MODULES
+
+    for module, verbs in VERB_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert tuple(sub.choices) == verbs

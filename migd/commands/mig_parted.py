@@ -58,7 +58,7 @@ def program_name(argv0: str) -> str:
     return MIG_PARTED_PROG if os.path.basename(argv0) == MIG_PARTED_PROG else "migd"
 
 
-def _verb_index(argv: Sequence[str]) -> int | None:
+def verb_index(argv: Sequence[str]) -> int | None:
     """Where the verb is in ``argv``: the first word that is neither an option nor its value."""
     i = 0
     while i < len(argv):
@@ -77,7 +77,7 @@ def _verb_index(argv: Sequence[str]) -> int | None:
 def normalize_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` with mig-parted's spellings (module docstring) turned into migd's."""
     args = list(argv)
-    at = _verb_index(args)
+    at = verb_index(args)
     if at is None:
         return args
     verb = args[at]

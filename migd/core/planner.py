@@ -27,8 +27,8 @@ import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from migd.core.checkpoint import Checkpoint, GpuRecord
 from migd.core.layout import (
     DesiredGpu,
     GiSpec,
@@ -42,6 +42,9 @@ from migd.core.names import format_counts, layout_counts, profile_label
 from migd.core.placement import arrange_specs, layout_problem, place_cis
 from migd.core.plan import Action, Blocker, CiCreate, GiCreate, GpuPlan, NodePlan
 from migd.errors import InvalidRequest
+
+if TYPE_CHECKING:  # only a restore plans towards one: `migd plan` does not load them
+    from migd.core.checkpoint import Checkpoint, GpuRecord
 
 # ---------------------------------------------------------------------------
 # The one entry point
@@ -67,17 +70,18 @@ def plan_node(
     the goal names a GPU the node lacks or a layout a GPU cannot hold (selection
     checks layouts first, so that only guards other callers).
     """
-    if isinstance(goal, Checkpoint):
-        plans = _towards_checkpoint(snapshot, goal, force=force)
-    else:
+    # A checkpoint is the one goal that is not a sequence of desired layouts.
+    if isinstance(goal, Sequence):
         plans = _towards_layouts(snapshot, goal, force=force, mode_only=mode_only)
+    else:
+        plans = _towards_checkpoint(snapshot, goal, force=force)
     planned = {p.index for p in plans}
     for gpu in sorted(snapshot.gpus, key=lambda g: g.index):
         if gpu.index in planned:
             continue
         if not gpu.readable:
             plans.append(GpuPlan(gpu, Action.UNREADABLE, reason=gpu.unreadable_reason))
-        elif isinstance(goal, Checkpoint):
+        elif not isinstance(goal, Sequence):
             plans.append(GpuPlan(gpu, Action.SKIPPED, reason="not in the checkpoint"))
         elif not gpu.mig_capable:
             plans.append(GpuPlan(gpu, Action.SKIPPED, reason="not MIG-capable"))

@@ -15,12 +15,13 @@ content unchanged does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from migd.formats.files import sha256
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -30,7 +31,7 @@ log = logging.getLogger("migd.daemon.watch")
 
 def file_digest(path: str | os.PathLike[str]) -> str | None:
     """sha256 hex of the file's bytes (the same digest as ``Config.digest``), None if unreadable."""
-    digest = hashlib.sha256()
+    digest = sha256()
     try:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 16):

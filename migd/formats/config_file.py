@@ -26,7 +26,6 @@ expansion beyond a small bound are refused. Any input yields a Config or a Confi
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
 from typing import BinaryIO
@@ -38,7 +37,7 @@ from migd.core.config import Config, ConfigEntry, DeviceFilter, Settings
 from migd.core.profiles import ProfileName, ProfileNameError
 from migd.errors import shorten
 from migd.formats import CONFIG_VERSION
-from migd.formats.files import read_trusted_file
+from migd.formats.files import read_trusted_file, sha256
 from migd.formats.settings import read_settings
 from migd.formats.yaml_reader import (
     MAX_CONFIG_BYTES,
@@ -88,7 +87,7 @@ def parse_config(data: bytes, source: str) -> Config:
 
     Returns a Config or raises ConfigError listing every problem found.
     """
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256(data).hexdigest()
     return read_yaml_document(data, source, lambda r, root: _read_document(r, root, digest))
 
 

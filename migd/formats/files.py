@@ -22,6 +22,19 @@ from pathlib import Path
 from migd.errors import ConfigError
 from migd.formats.yaml_reader import MAX_CONFIG_BYTES
 
+# SHA-256 of what migd reads (a config's digest): CPython's own implementation, the
+# one hashlib falls back to. hashlib itself loads OpenSSL's libcrypto on import, about
+# 3.5 MiB of RSS and a few ms in every process that reads a config, for the one digest
+# it needs; the digest is the same.
+try:
+    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]  # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
+    except ImportError:  # a Python built without them: hashlib has OpenSSL's
+        from hashlib import sha256 as _sha256  # type: ignore[assignment]
+sha256 = _sha256
+
 # The effective uid for which the policy applies (the daemon under systemd).
 ROOT_EUID = 0
 # The only owner a trusted file may have.

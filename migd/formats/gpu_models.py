@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import types
 from collections.abc import Collection, Mapping
-from importlib import resources
+from pathlib import Path
 from typing import Any, NoReturn
 
 from yaml.nodes import Node as YamlNode
@@ -430,8 +430,10 @@ _PACKAGE = "migd.formats"
 _MODELS_DIR = "gpu-models"
 
 
-def _models_dir() -> Any:
-    return resources.files(_PACKAGE).joinpath(_MODELS_DIR)
+def _models_dir() -> Path:
+    # Beside this module, as migd is installed (a directory, never a zip): a plain path
+    # spares every process that reads a model importlib.resources' readers (~2 ms).
+    return Path(__file__).with_name(_MODELS_DIR)
 
 
 @functools.lru_cache(maxsize=1)

@@ -67,9 +67,9 @@ def read_yaml_document(
 
     ``packaged``: the file ships inside migd (the GPU model tables), so nobody can make
     it hostile; it is composed by libyaml where PyYAML has it, several times faster,
-    since every simulated migd process reads one. Files from users always go through
-    PyYAML's own composer, whose depth migd bounds and whose messages are the ones
-    documented.
+    since every simulated migd process reads one, and its aliases are not counted.
+    Files from users always go through PyYAML's own composer, whose depth migd bounds
+    and whose messages are the ones documented.
     """
 
     def fail(line: int | None, column: int | None, message: str) -> NoReturn:
@@ -107,7 +107,9 @@ def read_yaml_document(
             mark = loader.get_mark() if isinstance(loader, _ComposingLoader) else None
             line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
             fail(line, column, f"invalid YAML: the parser stopped here ({exc})")
-        if root is not None:
+        # A packaged file is ours and tested (no model file uses an alias): walking
+        # its few thousand nodes for alias expansion would only cost every start.
+        if root is not None and not packaged:
             _check_aliases(root, source)
         reader = YamlReader(source, loader)
         ok, value = reader.attempt(lambda: read(reader, root))
