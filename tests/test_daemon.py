@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -289,6 +290,31 @@ def test_invalid_edit_is_refused_and_migd_reload_says_why(tmp_path: Path) -> Non
         assert all_hold(daemon.state, SMALL)
         doc = daemon.state_doc()
         assert doc["last_reload_ok"] and doc["phase"] == "ready"
+
+
+def test_an_edit_is_applied_while_other_files_beside_the_config_keep_changing(
+    tmp_path: Path,
+) -> None:
+    """A log or a lock file written beside the config every 50 ms (more often than the
+    debounce) must not put the edit off for ever."""
+    with running(tmp_path, config_text()) as daemon:
+        daemon.ready()
+        done = threading.Event()
+
+        def scribble() -> None:
+            for n in itertools.count():
+                if done.wait(0.05) or n > 400:
+                    return
+                (daemon.directory / "busy.log").write_text(f"{n}\n")
+
+        writer = threading.Thread(target=scribble, daemon=True)
+        writer.start()
+        try:
+            write_atomically(daemon.config, config_text("small"))
+            wait_for(lambda: all_hold(daemon.state, SMALL), "the edit applied", timeout=10)
+        finally:
+            done.set()
+            writer.join(timeout=5)
 
 
 def test_invalid_config_at_start_continue_reports_ready_and_touches_nothing(

@@ -73,6 +73,9 @@ log = logging.getLogger("migd.daemon.loop")
 
 # Editors and ConfigMap updates touch the directory several times per save.
 DEBOUNCE_SECONDS = 0.2
+# ...but never longer than this after the first event: other files written in the same
+# directory all the time (a log, a lock file) must not put the check off for ever.
+DEBOUNCE_MAX_SECONDS = 1.0
 # The config watcher and the metrics endpoint start after READY=1, or this long after the
 # start when the first reconcile takes longer (a boot that lays the GPUs out): edits and
 # scrapes during a long first apply are then seen and answered.
@@ -443,6 +446,7 @@ class Daemon:
         self._progress = ""
         self._reload_wanted: Trigger | None = None
         self._file_due: float | None = None
+        self._file_first_touch = 0.0
         self._retry_at: float | None = None
         self._retry_delay: float | None = None  # the delay before the next retry after this one
         self._retry_in = 0.0  # the delay of the retry now scheduled (for the status line)
@@ -537,7 +541,12 @@ class Daemon:
             log.info("SIGUSR1: checking the GPUs now")
             self._check_wanted = True
         elif isinstance(event, ConfigTouched):
-            self._file_due = time.monotonic() + DEBOUNCE_SECONDS
+            now = time.monotonic()
+            if self._file_due is None:
+                self._file_first_touch = now
+            self._file_due = min(
+                now + DEBOUNCE_SECONDS, self._file_first_touch + DEBOUNCE_MAX_SECONDS
+            )
         elif isinstance(event, StopSignal):
             self._on_stop(event.signum)
 
