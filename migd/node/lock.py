@@ -87,6 +87,16 @@ def _try_lock(fd: int, kind: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _marked(fd: int, what: str) -> Iterator[None]:
+    """Who holds the lock, written into it for the block (waiters name the holder)."""
+    _write(fd, f"{os.getpid()} {what}\n")
+    try:
+        yield
+    finally:
+        _write(fd, "")
+
+
 def _write(fd: int, text: str) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, text.encode(), 0)
@@ -164,11 +174,7 @@ class NodeLock:
 
         ``on_wait`` hears, once, whom it waits for. Raises NodeBusy after ``timeout``.
         """
-        try:
-            fd = _open(self.path)
-        except OSError as exc:
-            raise MigdError(f"cannot take the node lock {self.path}: {exc.strerror}") from None
-        try:
+        with self._opened() as fd:
             if not _try_lock(fd, fcntl.LOCK_EX):
                 holder = self.holder()
                 if on_wait is not None:
@@ -182,30 +188,28 @@ class NodeLock:
                             "was touched. Run again once it has finished"
                         )
                     time.sleep(POLL_SECONDS)
-            _write(fd, f"{os.getpid()} {what}\n")
-            try:
+            with _marked(fd, what):
                 yield
-            finally:
-                _write(fd, "")
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def attempt(self, what: str) -> Iterator[str | None]:
         """Hold the lock if it is free; yields None when held, else who holds it."""
+        with self._opened() as fd:
+            if not _try_lock(fd, fcntl.LOCK_EX):
+                yield self.holder()
+                return
+            with _marked(fd, what):
+                yield None
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[int]:
+        """The lock file's descriptor; closing it is what lets the lock go."""
         try:
             fd = _open(self.path)
         except OSError as exc:
             raise MigdError(f"cannot take the node lock {self.path}: {exc.strerror}") from None
         try:
-            if not _try_lock(fd, fcntl.LOCK_EX):
-                yield self.holder()
-                return
-            _write(fd, f"{os.getpid()} {what}\n")
-            try:
-                yield None
-            finally:
-                _write(fd, "")
+            yield fd
         finally:
             os.close(fd)
 
